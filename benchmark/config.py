@@ -1,0 +1,321 @@
+"""Configuration: frozen dataclasses, the presets, and ``--set key=value`` overrides.
+
+Precedence, lowest first: dataclass defaults < preset < config file < ``--set``.
+Keys are dotted paths into :class:`RunConfig` (``seed``, ``stage1.epochs``,
+``augment.rotation_deg``, ``split.val``) or ``<method>.<field>`` for a method's
+hyperparameters (``atl.margin``, ``proposed.consistency_weight``). An unknown key
+or a value of the wrong type is a :class:`~bmdbench.errors.ConfigError` that
+lists the valid keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from bmdbench.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """Sizes of the embedded synthetic hip-phantom dataset (see ``bmdbench.data.synthetic``)."""
+
+    n_labeled: int = 1090  # labeled images (DEXA-measured BMD)
+    n_patients: int = 819  # distinct patients among the labeled images (some have several)
+    n_unlabeled: int = 8219  # unlabeled images, one patient each, true BMD kept for diagnostics
+    seed: int = 0  # generator seed: fixes the dataset, independent of the training seed
+    label_noise: float = 0.015  # relative SD of the DEXA measurement error on labels
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """How labeled images are split, grouped by patient.
+
+    ``val`` and ``test`` are image counts when >= 1 and fractions of the labeled
+    images when < 1. ``train`` is the label budget: ``None`` keeps every remaining
+    labeled image for training; a count (or a fraction of the remaining images)
+    keeps that many and turns the rest into unlabeled images whose targets are
+    hidden from methods but kept for diagnostics.
+    """
+
+    train: float | None = None  # label budget (None: all remaining labeled images)
+    val: float = 150 / 1090  # validation images: count (>=1) or fraction (<1)
+    test: float = 500 / 1090  # test images: count (>=1) or fraction (<1)
+    seed: int = 0  # split seed: fixed, so every method and training seed sees the same test set
+    use_column: bool = True  # obey the manifest's `split` column when it has one
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Random augmentation of training batches, per-sample parameters, on the device."""
+
+    rotation_deg: float = 10.0  # rotation drawn from [-r, r] degrees
+    translate: float = 0.05  # shift drawn from [-t, t] of the image size, per axis
+    scale_min: float = 0.9  # isotropic scale drawn from [scale_min, scale_max]
+    scale_max: float = 1.1
+    brightness: float = 0.1  # additive brightness drawn from [-b, b] (images in [0, 1])
+    contrast: float = 0.1  # contrast factor drawn from [1 - c, 1 + c]
+    hflip: float = 0.5  # probability of a horizontal flip
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """Optimiser and schedule of one training stage (Adam)."""
+
+    epochs: int = 200  # epochs; validation after each one
+    lr: float = 1e-4  # learning rate
+    lr_drop_epoch: int | None = 100  # from this epoch on (0-based) use lr_after_drop; None: constant
+    lr_after_drop: float = 1e-5
+    weight_decay: float = 4e-4  # Adam's (L2) weight decay
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines one run, except the method's hyperparameters.
+
+    ``hparams`` holds the method's own frozen dataclass; ``parent`` the resolved
+    config of the stage-1 run a stage-2 method fine-tunes from.
+    """
+
+    method: str = "atl"  # registered method name
+    backbone: str = "vgg11_bn_se"  # registered backbone name or any timm model name
+    preset: str = "quick"  # the preset these values started from
+    data: str = "synthetic"  # "synthetic" or a manifest CSV path
+    unlabeled: str | None = None  # extra unlabeled images: a manifest CSV or a folder
+    seed: int = 0  # training seed: initialisation, batch order, augmentation
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    pretrained: str | None = None  # local backbone weights (timm or torchvision format)
+    target_norm: str = "none"  # none: losses see raw targets (the paper); zscore: standardised
+    image_size: int = 64  # ROI side after resizing, pixels
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    stage1: StageConfig = field(default_factory=StageConfig)
+    stage2: StageConfig = field(
+        default_factory=lambda: StageConfig(epochs=100, lr=1e-5, lr_drop_epoch=None)
+    )
+    hparams: Any = None  # the method's hyperparameter dataclass (set by `resolve`)
+    parent: RunConfig | None = None  # stage-1 config for stage-2 methods (set by `resolve`)
+
+
+TARGET_NORMS = ("none", "zscore")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {
+        "image_size": 512,
+        "synth": {"n_labeled": 1090, "n_patients": 819, "n_unlabeled": 8219},
+        "stage1": {"epochs": 200, "lr_drop_epoch": 100},
+        "stage2": {"epochs": 100},
+    },
+    "quick": {
+        "image_size": 64,
+        "synth": {"n_labeled": 620, "n_patients": 470, "n_unlabeled": 560},
+        "split": {"val": 90, "test": 250},
+        "stage1": {"epochs": 16, "lr_drop_epoch": 10},
+        "stage2": {"epochs": 3},
+    },
+    "smoke": {
+        "image_size": 32,
+        "synth": {"n_labeled": 48, "n_patients": 40, "n_unlabeled": 24},
+        "split": {"val": 12, "test": 12},
+        "stage1": {"epochs": 2, "lr_drop_epoch": None, "batch_size": 8},
+        "stage2": {"epochs": 1, "batch_size": 8},
+    },
+}
+
+PRESET_HELP = {
+    "paper": "the paper's protocol at full size: 512 px, 200 + 100 epochs (needs a GPU)",
+    "quick": "a CPU demonstration of the same protocol: 64 px, fewer images and epochs",
+    "smoke": "every code path in seconds: 32 px, a few dozen images, 2 + 1 epochs",
+}
+
+
+def default_preset() -> str:
+    """``paper`` where CUDA is available, ``quick`` elsewhere."""
+    import torch
+
+    return "paper" if torch.cuda.is_available() else "quick"
+
+
+def resolve(
+    method: str,
+    backbone: str,
+    preset: str,
+    overrides: Mapping[str, Any] | None = None,
+    **top: Any,
+) -> RunConfig:
+    """Build the config of one run: defaults < preset < ``overrides`` (file, then ``--set``).
+
+    ``top`` sets top-level fields given by their own CLI options (data, seed, device, ...).
+    ``overrides`` maps dotted keys to values (strings are parsed to the field's type).
+    """
+    from bmdbench.methods import METHODS
+
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}", f"use one of: {', '.join(PRESETS)}")
+    overrides = dict(overrides or {})
+    method_keys = {k: v for k, v in overrides.items() if k.split(".", 1)[0] in METHODS}
+    run_keys = {k: v for k, v in overrides.items() if k not in method_keys}
+    cfg = _apply(RunConfig(), _flatten(PRESETS[preset]))
+    cfg = replace(cfg, preset=preset, method=method, backbone=backbone, **top)
+    cfg = _apply(cfg, run_keys)
+    if cfg.target_norm not in TARGET_NORMS:
+        raise ConfigError(
+            f"target_norm={cfg.target_norm!r} is not known", f"use one of: {', '.join(TARGET_NORMS)}"
+        )
+    return _with_method(cfg, method, method_keys)
+
+
+def _with_method(cfg: RunConfig, method: str, method_keys: Mapping[str, Any]) -> RunConfig:
+    from bmdbench.methods import METHODS
+
+    spec = METHODS.get(method)
+    prefix = f"{method}."
+    own = {k[len(prefix) :]: v for k, v in method_keys.items() if k.startswith(prefix)}
+    for key in method_keys:
+        name, _, rest = key.partition(".")
+        _apply(METHODS.get(name).Params(), {rest: method_keys[key]}, prefix=f"{name}.")
+    hparams = _apply(spec.Params(), own, prefix=prefix)
+    parent = _with_method(cfg, hparams.stage1, method_keys) if spec.stage == 2 else None
+    return replace(cfg, method=method, hparams=hparams, parent=parent)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file of overrides (tables nest like dotted keys) into dotted keys."""
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {p} does not exist", "check the --config path") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {p} is not valid TOML: {exc}", "fix its syntax") from None
+    return _flatten(data)
+
+
+def parse_set(items: Sequence[str]) -> dict[str, str]:
+    """``["a.b=1", "c=x"]`` → ``{"a.b": "1", "c": "x"}``."""
+    out: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r} is not key=value", "write it as --set atl.margin=0.3")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def valid_keys(obj: Any, prefix: str = "") -> list[str]:
+    """Every settable dotted key of a config dataclass (nested dataclasses expanded)."""
+    keys: list[str] = []
+    for f in fields(obj):
+        if f.name in ("hparams", "parent", "method", "backbone", "preset"):
+            continue
+        value = getattr(obj, f.name)
+        if is_dataclass(value):
+            keys += valid_keys(value, f"{prefix}{f.name}.")
+        else:
+            keys.append(prefix + f.name)
+    return keys
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _apply(obj: Any, flat: Mapping[str, Any], prefix: str = "") -> Any:
+    """Return ``obj`` with the dotted keys of ``flat`` replaced, type-checked."""
+    settable = valid_keys(obj)
+    for key, value in flat.items():
+        if key not in settable:
+            raise ConfigError(
+                f"unknown setting {prefix + key!r}",
+                f"valid keys: {', '.join(prefix + k for k in settable)}",
+            )
+        obj = _replace_path(obj, key.split("."), value, prefix + key)
+    return obj
+
+
+def _replace_path(obj: Any, path: list[str], value: Any, full_key: str) -> Any:
+    name = path[0]
+    if len(path) > 1:
+        return replace(obj, **{name: _replace_path(getattr(obj, name), path[1:], value, full_key)})
+    hint = typing.get_type_hints(type(obj))[name]
+    return replace(obj, **{name: _coerce(value, hint, full_key)})
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Convert ``value`` (a string from the CLI, or a TOML/preset value) to ``hint``."""
+    options = typing.get_args(hint) if _is_union(hint) else (hint,)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if type(None) in options:
+            return None
+    for option in options:
+        if option is type(None):
+            continue
+        try:
+            return _coerce_one(value, option)
+        except (TypeError, ValueError):
+            continue
+    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    raise ConfigError(f"{key}={value!r} is not a valid {names}", f"give {key} a {names} value")
+
+
+def _coerce_one(value: Any, kind: Any) -> Any:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ValueError(value)
+    if kind is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(value)
+        return int(value) if not isinstance(value, str) else int(value, 10)
+    if kind is float:
+        if isinstance(value, bool):
+            raise ValueError(value)
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise TypeError(value)
+        return value
+    raise TypeError(kind)
+
+
+def _is_union(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType)
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The config as plain JSON-able data (``hparams`` and ``parent`` expanded)."""
+    out = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.name not in ("hparams", "parent")}
+    out = {k: _asdict(v) for k, v in out.items()}
+    out["hparams"] = _asdict(cfg.hparams) if cfg.hparams is not None else {}
+    out["parent"] = to_dict(cfg.parent) if cfg.parent is not None else None
+    return out
+
+
+def _asdict(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return value
+
+
+def stable_hash(data: Any) -> str:
+    """SHA-256 of the canonical JSON of ``data``."""
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()

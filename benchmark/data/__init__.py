@@ -1,0 +1,1 @@
+"""Data: manifests, image decoding and caching, splits, synthetic phantoms, augmentation."""

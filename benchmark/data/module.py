@@ -1,0 +1,120 @@
+"""Device-resident data for one run: batches without per-sample Python work."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bmdbench.data.imageset import ImageSet
+from bmdbench.data.splits import Split
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training batch, on the training device.
+
+    ``images`` are un-augmented, float in [0, 1], (B, 1, H, W): a method draws
+    its own augmentations with ``ctx.augment``. ``targets`` are in the loss's
+    space (raw, or z-scored with ``target_norm=zscore``) and NaN where the image
+    is unlabeled; ``labeled`` is their finite mask. ``index`` is each image's
+    position in the training pool (``DataModule.pool_size``), for per-image banks.
+    """
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    labeled: torch.Tensor
+    index: torch.Tensor
+
+
+class DataModule:
+    """Images of one split held once on ``device`` as integers, converted per batch.
+
+    The training pool of stage 1 is the labeled training images; that of stage 2
+    is those followed by the unlabeled images (labeled ones first, so pool
+    positions ``< n_labeled`` are labeled).
+    """
+
+    def __init__(
+        self, images: ImageSet, split: Split, device: torch.device, target_norm: str = "none"
+    ) -> None:
+        self.device = device
+        self.scale = float(images.max_value)
+        self.n_labeled = len(split.train)
+        self.unit = images.unit
+        pixels = images.images if images.images.dtype == np.uint8 else images.images.astype(np.int32)
+        train = split.train
+        if target_norm == "zscore":
+            self.target_mean = float(images.targets[train].mean())
+            self.target_std = float(images.targets[train].std()) or 1.0
+        else:
+            self.target_mean, self.target_std = 0.0, 1.0
+
+        def put(idx: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(pixels[idx])[:, None]).to(device)
+
+        pool = np.concatenate([train, split.unlabeled])
+        self._pool_images = put(pool)
+        targets = images.targets[pool].copy()
+        targets[self.n_labeled :] = np.nan
+        self.pool_targets = torch.from_numpy(self.normalise(targets)).float().to(device)
+        self.pool_truth = images.truth[pool].astype(np.float64)  # diagnostics only
+        self._eval = {
+            name: (put(idx), images.targets[idx].astype(np.float64))
+            for name, idx in (("val", split.val), ("test", split.test))
+        }
+
+    @property
+    def pool_size(self) -> int:
+        return len(self._pool_images)
+
+    def normalise(self, targets: np.ndarray) -> np.ndarray:
+        return (targets - self.target_mean) / self.target_std
+
+    def denormalise(self, values: np.ndarray) -> np.ndarray:
+        """Map predictions from the loss's space back to the target's own unit."""
+        return values * self.target_std + self.target_mean
+
+    def to_float(self, pixels: torch.Tensor) -> torch.Tensor:
+        return pixels.float().div_(self.scale)
+
+    def train_batches(
+        self, batch_size: int, with_unlabeled: bool, generator: torch.Generator
+    ) -> Iterator[Batch]:
+        """One epoch of shuffled batches over the labeled pool (or the whole pool).
+
+        A final batch of a single image is dropped (batch norm needs two).
+        """
+        n = self.pool_size if with_unlabeled else self.n_labeled
+        order = torch.randperm(n, generator=generator).to(self.device)
+        for start in range(0, n, batch_size):
+            index = order[start : start + batch_size]
+            if len(index) < 2:
+                break
+            targets = self.pool_targets[index]
+            yield Batch(
+                images=self.to_float(self._pool_images[index]),
+                targets=targets,
+                labeled=torch.isfinite(targets),
+                index=index,
+            )
+
+    def steps_per_epoch(self, batch_size: int, with_unlabeled: bool) -> int:
+        n = self.pool_size if with_unlabeled else self.n_labeled
+        return n // batch_size + int(n % batch_size >= 2)
+
+    def pool_chunks(self, chunk: int = 256) -> Iterator[torch.Tensor]:
+        """The whole training pool in order, float, un-augmented, for pool-wide predictions."""
+        for start in range(0, self.pool_size, chunk):
+            yield self.to_float(self._pool_images[start : start + chunk])
+
+    def eval_chunks(self, split: str, chunk: int = 256) -> Iterator[torch.Tensor]:
+        pixels, _ = self._eval[split]
+        for start in range(0, len(pixels), chunk):
+            yield self.to_float(pixels[start : start + chunk])
+
+    def eval_targets(self, split: str) -> np.ndarray:
+        """Targets of ``val`` or ``test`` in their own unit."""
+        return self._eval[split][1]

@@ -1,0 +1,149 @@
+"""Patient-grouped, seeded splits of an :class:`ImageSet` into train / val / test / unlabeled."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from bmdbench.config import SplitConfig, stable_hash
+from bmdbench.data.imageset import SPLITS, ImageSet
+from bmdbench.errors import DataError
+
+
+@dataclass(frozen=True)
+class Split:
+    """Indices into an ImageSet. ``unlabeled`` holds images whose targets methods never see:
+    images without a label, and labeled images beyond the label budget (``SplitConfig.train``)."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    unlabeled: np.ndarray
+    fingerprint: str  # hash of the image ids in every part
+    labeled_fingerprint: str  # hash of the train/val/test ids only: what stage 1 depends on
+
+    def sizes(self) -> dict[str, int]:
+        return {name: len(getattr(self, name)) for name in SPLITS}
+
+    def to_json(self, images: ImageSet) -> dict[str, object]:
+        """The split as image ids per part, with its fingerprint, for the run record."""
+        parts = {name: images.ids[getattr(self, name)].tolist() for name in SPLITS}
+        return {"fingerprint": self.fingerprint, **parts}
+
+
+def make_split(images: ImageSet, cfg: SplitConfig) -> Split:
+    """Split labeled images by patient (seeded) or by the manifest's ``split`` column.
+
+    Labeled images are those with a finite target and a given split other than
+    "unlabeled". Val and test are filled first, patient by patient in a seeded
+    random order, never exceeding the requested counts; the remaining labeled
+    images form the training pool, cut to the label budget when one is set.
+    """
+    labeled = images.labeled & (images.given_split != "unlabeled")
+    always_unlabeled = np.flatnonzero(~labeled)
+    rng = np.random.default_rng(cfg.seed)
+    column = images.given_split[labeled]
+    if cfg.use_column and np.isin(column, ("train", "val", "test")).any():
+        train, val, test = _from_column(images, labeled)
+    else:
+        train, val, test = _random(images, np.flatnonzero(labeled), cfg, rng)
+    hidden = np.array([], dtype=np.int64)
+    if cfg.train is not None:
+        n_train = _count(cfg.train, len(train), "train")
+        if n_train > len(train):
+            raise DataError(
+                f"the label budget asks for {n_train} training images but only {len(train)} remain",
+                "lower --n-labeled (split.train) or --n-val/--n-test",
+            )
+        train, hidden = _take_patients(images.patient_ids, train, n_train, rng)
+    unlabeled = np.sort(np.concatenate([hidden, always_unlabeled]).astype(np.int64))
+    _check_disjoint_patients(images, train, val, test)
+    parts = {"train": train, "val": val, "test": test, "unlabeled": unlabeled}
+    ids = {name: images.ids[idx].tolist() for name, idx in parts.items()}
+    return Split(
+        train=np.sort(train),
+        val=np.sort(val),
+        test=np.sort(test),
+        unlabeled=unlabeled,
+        fingerprint=stable_hash(ids),
+        labeled_fingerprint=stable_hash({k: ids[k] for k in ("train", "val", "test")}),
+    )
+
+
+def _count(value: float, n: int, name: str) -> int:
+    if value < 0:
+        raise DataError(f"split.{name}={value} is negative", "give a count (>= 1) or a fraction (< 1)")
+    return int(value) if value >= 1 else int(round(value * n))
+
+
+def _random(
+    images: ImageSet, labeled: np.ndarray, cfg: SplitConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    n_val, n_test = _count(cfg.val, len(labeled), "val"), _count(cfg.test, len(labeled), "test")
+    if n_val < 2 or n_test < 2 or n_val + n_test >= len(labeled):
+        raise DataError(
+            f"{len(labeled)} labeled images cannot give {n_val} validation and {n_test} test images "
+            "and leave some for training",
+            "lower --n-val/--n-test (split.val, split.test) or add labeled images",
+        )
+    test, rest = _take_patients(images.patient_ids, labeled, n_test, rng)
+    val, train = _take_patients(images.patient_ids, rest, n_val, rng)
+    return train, val, test
+
+
+def _take_patients(
+    patient_ids: np.ndarray, pool: np.ndarray, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pick whole patients from ``pool`` in random order until ``n`` images, never more.
+
+    Returns (taken, rest). A patient whose images would overshoot is skipped, so
+    the count is exact whenever single-image patients remain to fill the gap.
+    """
+    patients, inverse = np.unique(patient_ids[pool], return_inverse=True)
+    order = rng.permutation(len(patients))
+    sizes = np.bincount(inverse, minlength=len(patients))
+    chosen = np.zeros(len(patients), dtype=bool)
+    total = 0
+    for p in order:
+        if total + sizes[p] <= n:
+            chosen[p] = True
+            total += sizes[p]
+            if total == n:
+                break
+    mask = chosen[inverse]
+    return pool[mask], pool[~mask]
+
+
+def _from_column(
+    images: ImageSet, labeled: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    given = images.given_split
+    missing = np.flatnonzero(labeled & (given == ""))
+    if len(missing):
+        raise DataError(
+            f"labeled image {images.ids[missing[0]]} has no split while other rows have one",
+            "fill the split column for every labeled row (train/val/test), or remove the column",
+        )
+    parts = [np.flatnonzero(labeled & (given == name)) for name in ("train", "val", "test")]
+    for name, idx in zip(("train", "val", "test"), parts, strict=True):
+        if len(idx) < 2:
+            raise DataError(
+                f"the manifest's split column gives {len(idx)} {name} images",
+                f"give at least 2 labeled images split={name}",
+            )
+    return parts[0], parts[1], parts[2]
+
+
+def _check_disjoint_patients(
+    images: ImageSet, train: np.ndarray, val: np.ndarray, test: np.ndarray
+) -> None:
+    seen: dict[str, str] = {}
+    for name, idx in (("train", train), ("val", val), ("test", test)):
+        for patient in np.unique(images.patient_ids[idx]):
+            if patient in seen and seen[patient] != name:
+                raise DataError(
+                    f"patient {patient} is in both {seen[patient]} and {name}",
+                    "give all of a patient's images the same split",
+                )
+            seen[patient] = name

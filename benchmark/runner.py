@@ -1,0 +1,291 @@
+"""One run end to end: data → split → (stage-1 parent) → method → Trainer → run record."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import shutil
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from rich.console import Console
+from rich.table import Table
+
+import bmdbench
+from bmdbench import store
+from bmdbench.backbones import build_backbone
+from bmdbench.config import RunConfig, stable_hash, to_dict
+from bmdbench.data.augment import BatchAugment
+from bmdbench.data.imageset import ImageSet
+from bmdbench.data.module import DataModule
+from bmdbench.data.splits import Split, make_split
+from bmdbench.errors import BmdError, DataError
+from bmdbench.methods import METHODS, Method, Regressor
+from bmdbench.metrics import METRIC_KEYS
+from bmdbench.trainer import Diverged, Trainer, resolve_device, seed_everything
+
+
+class RunFailed(Exception):
+    """A run ended with status ``diverged`` or ``failed``; its record is written."""
+
+    def __init__(self, run_dir: Path, status: str, message: str) -> None:
+        super().__init__(f"run {status}: {message}")
+        self.run_dir = run_dir
+        self.status = status
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    run_dir: Path
+    record: dict[str, Any]
+    reused: bool = False  # an existing finished run was found and not retrained
+
+
+_IMAGES: dict[str, ImageSet] = {}
+
+
+def load_images(cfg: RunConfig) -> ImageSet:
+    """The run's images (embedded synthetic phantoms or a manifest), decoded once per process."""
+    from bmdbench.data.manifest import load_manifest
+    from bmdbench.data.synthetic import load_synthetic
+
+    key = stable_hash([cfg.data, cfg.unlabeled, cfg.image_size, to_dict(cfg)["synth"]])
+    if key not in _IMAGES:
+        if cfg.data == "synthetic":
+            if cfg.unlabeled is not None:
+                raise DataError(
+                    "--unlabeled goes with --data MANIFEST",
+                    "the synthetic data has its own unlabeled images (synth.n_unlabeled)",
+                )
+            _IMAGES[key] = load_synthetic(cfg.synth, cfg.image_size)
+        else:
+            _IMAGES[key] = load_manifest(cfg.data, cfg.image_size, unlabeled=cfg.unlabeled)
+    return _IMAGES[key]
+
+
+def config_hash(cfg: RunConfig, images: ImageSet, split: Split) -> str:
+    """What makes two runs the same: the resolved config and the data they saw.
+
+    A stage-1 run depends only on the labeled part (its key ignores the stage-2
+    schedule and the unlabeled images), so every stage-2 method can reuse it.
+    """
+    spec = METHODS.get(cfg.method)
+    config = to_dict(cfg)
+    for irrelevant in ("device", "preset"):
+        config.pop(irrelevant)
+    if spec.stage == 1:
+        for stage2_only in ("stage2", "unlabeled"):
+            config.pop(stage2_only)
+        config["synth"].pop("n_unlabeled")
+        labeled = np.concatenate([split.train, split.val, split.test])
+        digest = hashlib.sha256(np.ascontiguousarray(images.images[labeled]).tobytes())
+        digest.update(images.targets[labeled].tobytes())
+        data = [split.labeled_fingerprint, digest.hexdigest()]
+    else:
+        config["parent"] = None  # the parent's hash below stands for it
+        data = [split.fingerprint, images.fingerprint]
+        assert cfg.parent is not None
+        data.append(config_hash(cfg.parent, images, split))
+    return stable_hash({"config": config, "data": data})
+
+
+def execute(
+    cfg: RunConfig,
+    out: Path,
+    console: Console | None = None,
+    show_progress: bool = True,
+    reuse: bool = False,
+) -> RunOutcome:
+    """Run ``cfg`` and write its run directory under ``out/runs``.
+
+    With ``reuse``, a finished run (status ok) of the same config hash is returned
+    as it is. A stage-2 method always reuses (or first runs) its stage-1 parent.
+    Raises :class:`RunFailed` after writing the record of a diverged or failed run.
+    """
+    console = console or Console()
+    images = load_images(cfg)
+    split = make_split(images, cfg.split)
+    spec = METHODS.get(cfg.method)
+    if spec.stage == 2 and len(split.unlabeled) == 0:
+        raise DataError(
+            f"{cfg.method} needs unlabeled images but the data has none",
+            "add them with --unlabeled FOLDER_OR_MANIFEST or set a label budget (--n-labeled)",
+        )
+    chash = config_hash(cfg, images, split)
+    name = store.run_name(cfg.method, cfg.backbone, cfg.preset, cfg.seed, chash)
+    final = store.runs_dir(out) / name
+    existing = store.read_record(final)
+    if reuse and existing is not None and existing["status"] == "ok":
+        return RunOutcome(final, existing, reused=True)
+
+    parent = None
+    if cfg.parent is not None:
+        parent = execute(cfg.parent, out, console, show_progress, reuse=True)
+    device = resolve_device(cfg.device)
+    _header(console, cfg, images, split, device, final, parent)
+
+    started = time.perf_counter()
+    staging = store.staging_dir(out, name)
+    try:
+        record = _train(cfg, images, split, device, staging, parent, console, show_progress)
+    except BmdError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    except Diverged as exc:
+        record = {"status": "diverged", "error": str(exc)}
+    except Exception as exc:  # a bug or a resource problem: recorded, then re-raised as RunFailed
+        (staging / "traceback.txt").write_text(traceback.format_exc())
+        record = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    record.update(
+        _identity(cfg, chash, name, images, split, parent, device),
+        timings={**record.get("timings", {}), "total_s": round(time.perf_counter() - started, 2)},
+    )
+    store.write_json(staging / store.RECORD, record)
+    store.publish(staging, final)
+    if record["status"] != "ok":
+        raise RunFailed(final, record["status"], record["error"])
+    _results_table(console, record, images.unit)
+    return RunOutcome(final, record)
+
+
+def build_method(cfg: RunConfig, parent_dir: Path | None = None) -> Method:
+    """The regressor (stage-1 weights loaded when ``parent_dir`` is given) inside its method."""
+    regressor = Regressor(build_backbone(cfg.backbone, cfg.pretrained))
+    if parent_dir is not None:
+        state = torch.load(parent_dir / store.CHECKPOINT, map_location="cpu", weights_only=True)
+        prefix = "regressor."
+        regressor.load_state_dict(
+            {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+        )
+    return METHODS.get(cfg.method)(regressor, cfg.hparams)
+
+
+def _train(
+    cfg: RunConfig,
+    images: ImageSet,
+    split: Split,
+    device: torch.device,
+    run_dir: Path,
+    parent: RunOutcome | None,
+    console: Console,
+    show_progress: bool,
+) -> dict[str, Any]:
+    generator = seed_everything(cfg.seed)
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    method = build_method(cfg, parent.run_dir if parent else None)
+    data = DataModule(images, split, device, cfg.target_norm)
+    store.write_json(run_dir / "config.json", to_dict(cfg))
+    store.write_json(run_dir / "split.json", split.to_json(images))
+    trainer = Trainer(device, run_dir / "epochs.jsonl", console, show_progress)
+    stage = cfg.stage2 if method.stage == 2 else cfg.stage1
+    result = trainer.fit(
+        method, data, stage, BatchAugment(cfg.augment), generator, select_initial=parent is not None
+    )
+    torch.save(result.state_dict, run_dir / store.CHECKPOINT)
+    for part in ("val", "test"):
+        idx = getattr(split, part)
+        frame = pd.DataFrame(
+            {"id": images.ids[idx], "target": images.targets[idx], "prediction": result.predictions[part]}
+        )
+        store.write_text(run_dir / f"predictions_{part}.csv", frame.to_csv(index=False))
+    last = result.history[-1] if result.history else {}
+    diagnostics = {k: last[k] for k in ("pseudo_rmse", "pseudo_r") if k in last}
+    return {
+        "status": "ok",
+        "error": None,
+        "metrics": {"val": result.val, "test": result.test},
+        "selected_epoch": result.best_epoch,
+        "diagnostics": {**diagnostics, **method.summary()},
+        "timings": {
+            "train_s": round(result.train_seconds, 2),
+            "images_per_s": round(result.images_seen / max(result.train_seconds, 1e-9), 1),
+        },
+    }
+
+
+def _identity(
+    cfg: RunConfig,
+    chash: str,
+    name: str,
+    images: ImageSet,
+    split: Split,
+    parent: RunOutcome | None,
+    device: torch.device,
+) -> dict[str, Any]:
+    import timm
+
+    return {
+        "format": 1,
+        "name": name,
+        "method": cfg.method,
+        "backbone": cfg.backbone,
+        "preset": cfg.preset,
+        "seed": cfg.seed,
+        "config": to_dict(cfg),
+        "config_hash": chash,
+        "parent_run": parent.run_dir.name if parent else None,
+        "data": {
+            "source": images.source,
+            "fingerprint": images.fingerprint,
+            "split_fingerprint": split.fingerprint,
+            "sizes": split.sizes(),
+            "unit": images.unit,
+        },
+        "versions": {
+            "bmdbench": bmdbench.__version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+            "numpy": np.__version__,
+        },
+        "git_sha": store.git_sha(),
+        "device": _device_name(device),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _header(
+    console: Console,
+    cfg: RunConfig,
+    images: ImageSet,
+    split: Split,
+    device: torch.device,
+    final: Path,
+    parent: RunOutcome | None,
+) -> None:
+    sizes = ", ".join(f"{k} {v}" for k, v in split.sizes().items())
+    console.print(
+        f"[bold]{cfg.method}[/] on [bold]{cfg.backbone}[/] · preset [bold]{cfg.preset}[/] · "
+        f"device [bold]{_device_name(device)}[/] · seed {cfg.seed}"
+    )
+    console.print(f"data {images.source} ({cfg.image_size} px): {sizes}")
+    if parent is not None:
+        how = "reused" if parent.reused else "trained"
+        console.print(f"stage 1: {how} {parent.run_dir}")
+    console.print(f"writing {final}")
+
+
+def _results_table(console: Console, record: dict[str, Any], unit: str) -> None:
+    table = Table(title=f"{record['name']} (selected epoch {record['selected_epoch']})")
+    table.add_column("metric")
+    for part in ("val", "test"):
+        table.add_column(part, justify="right")
+    for key in METRIC_KEYS:
+        table.add_row(key, *(f"{record['metrics'][p][key]:.4f}" for p in ("val", "test")))
+    console.print(table)
+    if unit:
+        console.print(f"rmse, mae and Bland–Altman values are in {unit}")

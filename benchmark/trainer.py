@@ -1,0 +1,307 @@
+"""The one training loop every method runs in.
+
+The Trainer alone calls ``backward``, steps the optimiser, sets autocast and
+moves tensors between devices (STYLE.md, principle 1). It validates after every
+epoch (and once before the first, so a fine-tuning stage can keep its starting
+weights), keeps the checkpoint with the highest validation Pearson R, and
+scores the test split once, with that checkpoint, at the very end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from bmdbench.config import StageConfig
+from bmdbench.data.augment import BatchAugment
+from bmdbench.data.module import DataModule
+from bmdbench.errors import ConfigError
+from bmdbench.methods.base import FitContext, Method
+from bmdbench.metrics import regression_metrics
+
+DISPLAY_EVERY = 25  # steps between progress-bar updates of the running loss (a host sync)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU; anything else must exist."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}", "use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but CUDA is not available", "use --device cpu")
+    return device
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch's global RNGs (augmentation, triplet sampling, init) and return a CPU
+    generator for batch order. On CPU the same seed gives the same numbers."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    return torch.Generator().manual_seed(seed)
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, losses: dict[str, float]) -> None:
+        super().__init__(f"loss is not finite at epoch {epoch}: {losses}")
+        self.epoch = epoch
+        self.losses = losses
+
+
+@dataclass
+class FitResult:
+    """Everything a stage produced, all metrics from the selected checkpoint."""
+
+    best_epoch: int  # epochs trained before the selected checkpoint (0: the starting weights)
+    val: dict[str, float]
+    test: dict[str, float]
+    predictions: dict[str, np.ndarray]  # "val"/"test" → predictions in the target's unit
+    state_dict: dict[str, torch.Tensor]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    images_seen: int = 0  # training images passed through the optimiser (not counting views)
+
+
+class Trainer:
+    """Runs one stage of one method. ``log_path`` receives one JSON line per epoch."""
+
+    def __init__(
+        self,
+        device: torch.device,
+        log_path: Path | None = None,
+        console: Console | None = None,
+        show_progress: bool = True,
+    ) -> None:
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.log_path = log_path
+        self.console = console or Console(stderr=True)
+        self.show_progress = show_progress
+
+    def autocast(self) -> AbstractContextManager[Any]:
+        if self.cuda:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def prepare(self, method: Method) -> Method:
+        """Move the method to the device (channels_last on CUDA)."""
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True
+            method = method.to(memory_format=torch.channels_last)
+        return method.to(self.device)
+
+    def fit(
+        self,
+        method: Method,
+        data: DataModule,
+        stage: StageConfig,
+        augment: BatchAugment,
+        generator: torch.Generator,
+        select_initial: bool = False,
+    ) -> FitResult:
+        """Train ``method`` for ``stage.epochs`` epochs and score the selected checkpoint.
+
+        ``select_initial``: the weights before the first epoch (stage-1 weights of a
+        fine-tuning stage) are a candidate for selection too (epoch 0).
+        """
+        method = self.prepare(method)
+        with_unlabeled = method.stage == 2
+        steps = data.steps_per_epoch(stage.batch_size, with_unlabeled)
+        ctx = self.context(method, data, stage, augment)
+        optimiser = torch.optim.Adam(
+            method.trainable_parameters(),
+            lr=stage.lr,
+            weight_decay=stage.weight_decay,
+            fused=self.cuda or None,
+        )
+        ctx.val, _ = self.evaluate(method, data, "val")
+        best_r, best_epoch, best_state = -math.inf, 0, self._snapshot(method)
+        if select_initial:
+            best_r = _score(ctx.val)
+        history: list[dict[str, Any]] = []
+        method.on_stage_start(ctx)
+        started = time.perf_counter()
+        images_seen = 0
+        with self._progress() as progress:
+            epochs_task = progress.add_task("epochs", total=stage.epochs, info="")
+            steps_task = progress.add_task("steps", total=steps, info="")
+            for epoch in range(stage.epochs):
+                ctx.epoch, ctx.log = epoch, {}
+                lr = _lr(stage, epoch)
+                for group in optimiser.param_groups:
+                    group["lr"] = lr
+                method.on_epoch_start(ctx)
+                method.train()
+                sums: dict[str, torch.Tensor] = {}
+                progress.reset(steps_task, total=steps)
+                epoch_start = time.perf_counter()
+                for i, batch in enumerate(data.train_batches(stage.batch_size, with_unlabeled, generator)):
+                    with self.autocast():
+                        losses = method.training_step(batch, ctx)
+                    optimiser.zero_grad(set_to_none=True)
+                    losses["loss"].backward()
+                    optimiser.step()
+                    ctx.step += 1
+                    method.after_step(ctx)
+                    images_seen += len(batch.index)
+                    for key, value in losses.items():
+                        sums[key] = sums.get(key, 0.0) + value.detach().float()
+                    if (i + 1) % DISPLAY_EVERY == 0 or i + 1 == steps:
+                        running = float(sums["loss"]) / (i + 1)
+                        if not math.isfinite(running):
+                            raise Diverged(epoch, {"loss": running})
+                        progress.update(steps_task, completed=i + 1, info=f"loss {running:.4g}")
+                method.on_epoch_end(ctx)
+                epoch_losses = {k: float(v) / steps for k, v in sums.items()}
+                if not all(math.isfinite(v) for v in epoch_losses.values()):
+                    raise Diverged(epoch, epoch_losses)
+                ctx.val, _ = self.evaluate(method, data, "val")
+                record: dict[str, Any] = {
+                    "epoch": epoch + 1,
+                    "lr": lr,
+                    "seconds": round(time.perf_counter() - epoch_start, 3),
+                    **{f"loss_{k}": v for k, v in epoch_losses.items()},
+                    **{f"val_{k}": v for k, v in ctx.val.items()},
+                    **ctx.log,
+                    **self._pseudo_label_error(method, ctx, data),
+                }
+                if _score(ctx.val) > best_r:
+                    best_r, best_epoch, best_state = _score(ctx.val), epoch + 1, self._snapshot(method)
+                record["best_epoch"] = best_epoch
+                history.append(record)
+                self._log(record)
+                progress.update(
+                    epochs_task, advance=1, info=f"val R {ctx.val['pearson_r']:.4f} (best {best_r:.4f})"
+                )
+        train_seconds = time.perf_counter() - started
+        method.load_state_dict(best_state)
+        val, val_pred = self.evaluate(method, data, "val")
+        test, test_pred = self.evaluate(method, data, "test")
+        return FitResult(
+            best_epoch=best_epoch,
+            val=val,
+            test=test,
+            predictions={"val": val_pred, "test": test_pred},
+            state_dict={k: v.cpu() for k, v in best_state.items()},
+            history=history,
+            train_seconds=train_seconds,
+            images_seen=images_seen,
+        )
+
+    def context(
+        self, method: Method, data: DataModule, stage: StageConfig, augment: BatchAugment
+    ) -> FitContext:
+        """The FitContext of a stage: what ``method`` may ask of the Trainer and the data."""
+        augment = augment.to(self.device)
+        return FitContext(
+            augment=lambda x: self._layout(augment(x)),
+            predict_pool=lambda predictor: self._predict_pool(method, data, predictor),
+            pool_size=data.pool_size,
+            n_labeled=data.n_labeled,
+            pool_targets=data.pool_targets,
+            epochs=stage.epochs,
+            steps_per_epoch=data.steps_per_epoch(stage.batch_size, method.stage == 2),
+        )
+
+    @torch.no_grad()
+    def evaluate(
+        self, method: Method, data: DataModule, split: str
+    ) -> tuple[dict[str, float], np.ndarray]:
+        """Metrics (target's own unit) and predictions of ``method.predict`` on val or test."""
+        method.eval()
+        preds = []
+        for chunk in data.eval_chunks(split):
+            with self.autocast():
+                preds.append(method.predict(self._layout(chunk)).float())
+        pred = data.denormalise(torch.cat(preds).cpu().numpy().astype(np.float64))
+        return regression_metrics(data.eval_targets(split), pred), pred
+
+    @torch.no_grad()
+    def _predict_pool(
+        self,
+        method: Method,
+        data: DataModule,
+        predictor: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        was_training = method.training
+        method.eval()
+        out = []
+        for chunk in data.pool_chunks():
+            with self.autocast():
+                out.append(predictor(self._layout(chunk)).float())
+        method.train(was_training)
+        return torch.cat(out)
+
+    def _pseudo_label_error(
+        self, method: Method, ctx: FitContext, data: DataModule
+    ) -> dict[str, float]:
+        """RMSE and R of the method's targets for unlabeled images against their truth."""
+        estimates = method.unlabeled_estimates(ctx)
+        if estimates is None:
+            return {}
+        values = data.denormalise(estimates[data.n_labeled :].float().cpu().numpy())
+        truth = data.pool_truth[data.n_labeled :]
+        known = np.isfinite(truth) & np.isfinite(values)
+        if known.sum() < 2:
+            return {}
+        m = regression_metrics(truth[known], values[known])
+        return {"pseudo_rmse": m["rmse"], "pseudo_r": m["pearson_r"]}
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
+
+    def _snapshot(self, method: Method) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in method.state_dict().items()}
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.log_path is not None:
+            with self.log_path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def _progress(self) -> Progress:
+        return Progress(
+            TextColumn("{task.description:>6}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not self.show_progress,
+            transient=False,
+        )
+
+
+def _lr(stage: StageConfig, epoch: int) -> float:
+    if stage.lr_drop_epoch is not None and epoch >= stage.lr_drop_epoch:
+        return stage.lr_after_drop
+    return stage.lr
+
+
+def _score(metrics: dict[str, float]) -> float:
+    """Selection score: validation Pearson R (NaN, e.g. a constant prediction, ranks last)."""
+    r = metrics["pearson_r"]
+    return r if math.isfinite(r) else -math.inf

@@ -1,0 +1,130 @@
+"""The Method contract and the regressor every method trains.
+
+How the Trainer drives a method (the only loop; methods never call backward,
+step an optimiser, set autocast or move tensors between devices)::
+
+    method.on_stage_start(ctx)             # after stage-1 weights are loaded; ctx.val is set
+    for epoch in range(epochs):
+        method.on_epoch_start(ctx)         # ctx.val: validation metrics of the current weights
+        for batch in epoch's batches:
+            losses = method.training_step(batch, ctx)   # {"loss": total, part: value, ...}
+            losses["loss"].backward(); optimiser.step()
+            method.after_step(ctx)         # e.g. the mean teacher's EMA update
+        method.on_epoch_end(ctx)           # e.g. temporal ensembling's ensemble update
+        ctx.val = evaluate(method.predict on val); keep the best checkpoint by Pearson R
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from bmdbench.data.module import Batch
+from bmdbench.registry import Registry
+
+
+class Regressor(nn.Module):
+    """backbone → embedding (B, D) → Linear(D, 1) → prediction (B,)."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(int(backbone.embed_dim), 1)  # type: ignore[arg-type]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (embedding (B, D), prediction (B,)), in the loss's target space."""
+        embedding = self.backbone(x)
+        return embedding, self.head(embedding).squeeze(1)
+
+
+@dataclass
+class FitContext:
+    """What the Trainer tells a method while it trains (read-only for methods, except ``log``)."""
+
+    augment: Callable[[torch.Tensor], torch.Tensor]  # a fresh random augmentation per call
+    predict_pool: Callable[[Callable[[torch.Tensor], torch.Tensor]], torch.Tensor]
+    # ^ runs a predictor (eval mode, no grad, no augmentation) over the whole training pool
+    pool_size: int  # training-pool size; pool positions < n_labeled are labeled
+    n_labeled: int
+    pool_targets: torch.Tensor  # (pool_size,) loss-space targets, NaN for unlabeled images
+    epochs: int
+    steps_per_epoch: int
+    epoch: int = 0  # current epoch, 0-based
+    step: int = 0  # optimiser steps taken in this stage
+    val: dict[str, float] = field(default_factory=dict)  # metrics of the current weights
+    log: dict[str, float] = field(default_factory=dict)  # extra per-epoch values to log
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the stage's optimiser steps done, in [0, 1]."""
+        return min(1.0, self.step / max(1, self.epochs * self.steps_per_epoch))
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """This method has no hyperparameters."""
+
+
+class Method(nn.Module):
+    """A training objective around a :class:`Regressor`.
+
+    Subclasses set ``Params`` (a frozen dataclass, one comment per field) and
+    implement :meth:`training_step`. ``stage`` is 1 for supervised pre-training
+    methods, 2 for methods that fine-tune a stage-1 checkpoint (their Params then
+    carry ``stage1``, the method whose checkpoint they start from).
+    ``unsupervised_terms`` names the returned loss parts that come from unlabeled
+    images (before weighting): the contract test checks they alone give the
+    student a gradient.
+    """
+
+    Params: ClassVar[type] = NoParams
+    stage: ClassVar[int] = 1
+    unsupervised_terms: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, regressor: Regressor, params: Any) -> None:
+        super().__init__()
+        self.regressor = regressor
+        self.params = params
+
+    def training_step(self, batch: Batch, ctx: FitContext) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The prediction that is evaluated and selected on validation (B,)."""
+        return self.regressor(x)[1]
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.regressor.parameters() if p.requires_grad)
+
+    def on_stage_start(self, ctx: FitContext) -> None:
+        """Before the first epoch, after stage-1 weights are loaded."""
+
+    def on_epoch_start(self, ctx: FitContext) -> None:
+        """Before each epoch; ``ctx.val`` holds the current weights' validation metrics."""
+
+    def after_step(self, ctx: FitContext) -> None:
+        """After each optimiser step."""
+
+    def on_epoch_end(self, ctx: FitContext) -> None:
+        """After each epoch's last step, before validation."""
+
+    def unlabeled_estimates(self, ctx: FitContext) -> torch.Tensor | None:
+        """What this method currently uses as targets of the training pool (pool_size,),
+        loss space, or None. The Trainer scores its unlabeled part against the truth."""
+        return None
+
+    def summary(self) -> dict[str, float]:
+        """Method-specific numbers for the run record (e.g. pseudo-label refreshes)."""
+        return {}
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def describe(method: type[Method]) -> str:
+    """The first line of a method's docstring."""
+    return (method.__doc__ or "").strip().splitlines()[0]

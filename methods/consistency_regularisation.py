@@ -1,0 +1,158 @@
+"""Consistency-regularisation baselines of the paper's Table 2, as their own papers define them.
+
+Π-model and temporal ensembling: Laine & Aila, "Temporal ensembling for
+semi-supervised learning", ICLR 2017. Mean teacher: Tarvainen & Valpola,
+NeurIPS 2017. All fine-tune a stage-1 checkpoint; the labeled images keep their
+MSE term; the consistency term covers every image of the batch (labeled and
+unlabeled, as in both papers) with a weight ramped up by exp(−5(1−t)²).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from bmdbench.data.module import Batch
+from bmdbench.methods.base import METHODS, FitContext, Method, Regressor
+from bmdbench.methods.losses import gaussian_rampup, masked_mse
+
+
+@dataclass(frozen=True)
+class ConsistencyParams:
+    stage1: str = "baseline"  # stage-1 method whose checkpoint this method fine-tunes
+    consistency_weight: float = 1.0  # w_max: weight of the consistency term after ramp-up
+    rampup: float = 0.3  # fraction of stage 2 over which the weight ramps up
+
+
+class _Consistency(Method):
+    stage = 2
+    unsupervised_terms = ("consistency",)
+
+    def unsup_weight(self, ctx: FitContext) -> float:
+        ramp = ctx.progress / self.params.rampup if self.params.rampup > 0 else 1.0
+        weight = self.params.consistency_weight * gaussian_rampup(ramp)
+        ctx.log["unsup_weight"] = weight
+        return weight
+
+
+@METHODS.register("pi_model")
+class PiModel(_Consistency):
+    """Π-model: squared difference between the predictions for two augmentations of each image."""
+
+    Params = ConsistencyParams
+
+    def training_step(self, batch: Batch, ctx: FitContext) -> dict[str, torch.Tensor]:
+        _, pred_view1 = self.regressor(ctx.augment(batch.images))
+        _, pred_view2 = self.regressor(ctx.augment(batch.images))
+        mse = masked_mse(pred_view1, batch.targets, batch.labeled)
+        consistency = (pred_view1 - pred_view2).pow(2).mean()
+        loss = mse + self.unsup_weight(ctx) * consistency
+        return {"loss": loss, "mse": mse, "consistency": consistency}
+
+
+@dataclass(frozen=True)
+class TemporalEnsemblingParams(ConsistencyParams):
+    alpha: float = 0.6  # ensemble momentum: Z ← αZ + (1−α)z after every epoch
+
+
+@METHODS.register("temporal_ensembling")
+class TemporalEnsembling(_Consistency):
+    """Temporal ensembling: consistency to a bias-corrected moving average of past predictions."""
+
+    Params = TemporalEnsemblingParams
+    ensemble: torch.Tensor  # Z, per pool image
+    epoch_preds: torch.Tensor  # z, this epoch's prediction per pool image
+    seen: torch.Tensor  # whether the image was predicted this epoch
+    updates: torch.Tensor  # t, how many times Z was updated per image
+
+    def on_stage_start(self, ctx: FitContext) -> None:
+        zeros = torch.zeros(ctx.pool_size, device=ctx.pool_targets.device)
+        self.register_buffer("ensemble", zeros.clone(), persistent=False)  # Z
+        self.register_buffer("epoch_preds", zeros.clone(), persistent=False)  # z of this epoch
+        self.register_buffer("seen", zeros.bool(), persistent=False)  # predicted this epoch
+        self.register_buffer("updates", zeros.clone(), persistent=False)  # t: updates of Z
+
+    def targets(self) -> torch.Tensor:
+        """z̃ = Z / (1 − α^t); NaN for images never ensembled yet."""
+        correction = 1.0 - self.params.alpha ** self.updates
+        return torch.where(self.updates > 0, self.ensemble / correction, torch.nan)
+
+    def training_step(self, batch: Batch, ctx: FitContext) -> dict[str, torch.Tensor]:
+        _, pred = self.regressor(ctx.augment(batch.images))
+        mse = masked_mse(pred, batch.targets, batch.labeled)
+        target = self.targets()[batch.index]
+        has_target = torch.isfinite(target)
+        consistency = masked_mse(pred, target, has_target)
+        with torch.no_grad():
+            self.epoch_preds[batch.index] = pred.detach().float()
+            self.seen[batch.index] = True
+        loss = mse + self.unsup_weight(ctx) * consistency
+        return {"loss": loss, "mse": mse, "consistency": consistency}
+
+    def on_epoch_end(self, ctx: FitContext) -> None:
+        alpha = self.params.alpha
+        self.ensemble.copy_(
+            torch.where(self.seen, alpha * self.ensemble + (1 - alpha) * self.epoch_preds, self.ensemble)
+        )
+        self.updates += self.seen.float()
+        self.seen.zero_()
+
+    def unlabeled_estimates(self, ctx: FitContext) -> torch.Tensor:
+        return self.targets()
+
+
+@dataclass(frozen=True)
+class MeanTeacherParams(ConsistencyParams):
+    ema_decay_rampup: float = 0.99  # teacher EMA decay during the ramp-up
+    ema_decay: float = 0.999  # teacher EMA decay afterwards
+
+
+@METHODS.register("mean_teacher")
+class MeanTeacher(_Consistency):
+    """Mean teacher: the student matches an EMA-of-weights teacher; the teacher is evaluated."""
+
+    Params = MeanTeacherParams
+
+    def __init__(self, regressor: Regressor, params: MeanTeacherParams) -> None:
+        super().__init__(regressor, params)
+        self.teacher = copy.deepcopy(regressor)
+        self.teacher.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> MeanTeacher:
+        """The teacher always runs in eval mode (its batch-norm statistics are averaged too)."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def training_step(self, batch: Batch, ctx: FitContext) -> dict[str, torch.Tensor]:
+        _, student_view1 = self.regressor(ctx.augment(batch.images))
+        with torch.no_grad():
+            _, teacher_view2 = self.teacher(ctx.augment(batch.images))
+        mse = masked_mse(student_view1, batch.targets, batch.labeled)
+        consistency = (student_view1 - teacher_view2.detach()).pow(2).mean()
+        loss = mse + self.unsup_weight(ctx) * consistency
+        return {"loss": loss, "mse": mse, "consistency": consistency}
+
+    def ema_decay(self, ctx: FitContext) -> float:
+        """Tarvainen & Valpola: min(1 − 1/(step + 1), decay), decay raised after the ramp-up."""
+        in_rampup = ctx.progress < self.params.rampup
+        decay = self.params.ema_decay_rampup if in_rampup else self.params.ema_decay
+        return min(1.0 - 1.0 / (ctx.step + 1), decay)
+
+    @torch.no_grad()
+    def after_step(self, ctx: FitContext) -> None:
+        decay = self.ema_decay(ctx)
+        student = self.regressor.state_dict()
+        for name, teacher_value in self.teacher.state_dict().items():
+            if teacher_value.is_floating_point():
+                teacher_value.mul_(decay).add_(student[name].detach(), alpha=1 - decay)
+            else:
+                teacher_value.copy_(student[name])
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.teacher(x)[1]
+
+    def unlabeled_estimates(self, ctx: FitContext) -> torch.Tensor:
+        return ctx.predict_pool(self.predict)

@@ -1,0 +1,52 @@
+"""Stage-1 methods: supervised training on labeled images (the paper's Section 2.1)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bmdbench.data.module import Batch
+from bmdbench.methods.base import METHODS, FitContext, Method
+from bmdbench.methods.losses import batch_triplet_loss, masked_mse
+
+
+@METHODS.register("baseline")
+class Baseline(Method):
+    """Supervised regression with the MSE loss alone."""
+
+    def training_step(self, batch: Batch, ctx: FitContext) -> dict[str, torch.Tensor]:
+        _, pred = self.regressor(ctx.augment(batch.images))
+        mse = masked_mse(pred, batch.targets, batch.labeled)
+        return {"loss": mse, "mse": mse}
+
+
+@dataclass(frozen=True)
+class TripletParams:
+    weight: float = 0.5  # λ, weight of the triplet term (equation 5)
+    margin: float = 0.5  # m, the triplet margin
+
+
+class _TripletMethod(Method):
+    adaptive: bool
+    Params = TripletParams
+
+    def training_step(self, batch: Batch, ctx: FitContext) -> dict[str, torch.Tensor]:
+        embedding, pred = self.regressor(ctx.augment(batch.images))
+        mse = masked_mse(pred, batch.targets, batch.labeled)
+        triplet = batch_triplet_loss(embedding, batch.targets, self.params.margin, self.adaptive)
+        return {"loss": mse + self.params.weight * triplet, "mse": mse, "triplet": triplet}
+
+
+@METHODS.register("triplet")
+class Triplet(_TripletMethod):
+    """MSE + λ·triplet loss with a fixed margin (α = 1): the ablation of Table 3."""
+
+    adaptive = False
+
+
+@METHODS.register("atl")
+class AdaptiveTriplet(_TripletMethod):
+    """MSE + λ·adaptive triplet loss, margin scaled by the triplet's BMD differences (eq. 3–5)."""
+
+    adaptive = True
