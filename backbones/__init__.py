@@ -1,0 +1,83 @@
+"""Backbones: image encoders mapping ``(B, 1, H, W)`` X-rays to ``(B, embed_dim)`` embeddings.
+
+Registered (in this order): ``vgg11_bn``, ``vgg13_bn``, ``vgg16_bn``,
+``vgg11_bn_se`` (the paper's backbone), ``resnet18``, ``resnet34``,
+``resnet50`` and ``tiny`` (for tests). :func:`build_backbone` also accepts any
+timm model name (``timm.list_models()``), created with ``pretrained=False``
+and ``num_classes=0``. The regressor built on top is backbone → ``Linear(embed_dim, 1)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import timm
+from torch import nn
+
+# isort: off
+# Importing these modules registers their backbones; the import order is the listing order.
+from bmdbench.backbones import vgg, timm_backbone, tiny  # noqa: F401
+
+# isort: on
+from bmdbench.backbones._base import BACKBONES, Backbone, BackboneFactory
+from bmdbench.backbones.pretrained import load_pretrained
+from bmdbench.backbones.timm_backbone import TimmBackbone
+from bmdbench.errors import ConfigError
+
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "BackboneFactory",
+    "TimmBackbone",
+    "backbone_names",
+    "build_backbone",
+    "count_parameters",
+    "describe",
+    "load_pretrained",
+]
+
+
+def backbone_names(pattern: str = "*") -> list[str]:
+    """Registered backbone names matching the wildcard ``pattern``, in registration order."""
+    return BACKBONES.names(pattern)
+
+
+def build_backbone(name: str, pretrained: str | Path | None = None, in_chans: int = 1) -> Backbone:
+    """Create the backbone ``name`` for ``in_chans``-channel images.
+
+    ``name`` is a registered backbone or any timm model name. ``pretrained`` is
+    a local weights file (see :func:`load_pretrained`); ``None`` means random
+    initialisation. Unknown names raise :class:`ConfigError`; unusable weights
+    :class:`~bmdbench.errors.CheckpointError`.
+    """
+    if name in BACKBONES:
+        backbone = BACKBONES.get(name)(in_chans=in_chans)
+    elif timm.is_model(name):
+        backbone = TimmBackbone(name, in_chans=in_chans)
+    else:
+        close = difflib.get_close_matches(name, backbone_names() + timm.list_models(), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(
+            f"unknown backbone {name!r}",
+            f"{hint}use one of {', '.join(backbone_names())} "
+            "or any timm model name (timm.list_models())",
+        )
+    if pretrained is not None:
+        load_pretrained(backbone, pretrained, name)
+    return backbone
+
+
+def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameter elements in ``module`` (only those with ``requires_grad`` if asked)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def describe(pattern: str = "*") -> list[tuple[str, int, int]]:
+    """``(name, parameter count, embed_dim)`` of each registered backbone, for single-channel
+    input (builds each one: about a second for all)."""
+    rows = []
+    for name in backbone_names(pattern):
+        backbone = build_backbone(name)
+        rows.append((name, count_parameters(backbone), backbone.embed_dim))
+    return rows
