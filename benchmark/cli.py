@@ -45,7 +45,9 @@ def _main(
     _state["debug"] = debug
 
 
-Method = Annotated[str, typer.Option("--method", "-m", help="Registered method (bmdbench list methods).")]
+Method = Annotated[
+    str, typer.Option("--method", "-m", help="Registered method (bmdbench list methods).")
+]
 Backbone = Annotated[
     str, typer.Option("--backbone", "-b", help="Registered backbone or any timm model name.")
 ]
@@ -53,11 +55,14 @@ Data = Annotated[
     str, typer.Option("--data", help="'synthetic' (embedded phantoms) or a manifest CSV.")
 ]
 Unlabeled = Annotated[
-    str | None, typer.Option("--unlabeled", help="Extra unlabeled images: a manifest CSV or a folder.")
+    str | None,
+    typer.Option("--unlabeled", help="Extra unlabeled images: a manifest CSV or a folder."),
 ]
 Preset = Annotated[
     str | None,
-    typer.Option("--preset", "-p", help="paper | quick | smoke (default: paper with CUDA, else quick)."),
+    typer.Option(
+        "--preset", "-p", help="paper | quick | smoke (default: paper with CUDA, else quick)."
+    ),
 ]
 Seed = Annotated[int, typer.Option("--seed", help="Training seed.")]
 Out = Annotated[Path, typer.Option("--out", help="Output root; runs go to OUT/runs/.")]

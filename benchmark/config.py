@@ -13,13 +13,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import tomllib
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from bmdbench.errors import ConfigError
 
@@ -72,7 +73,9 @@ class StageConfig:
 
     epochs: int = 200  # epochs; validation after each one
     lr: float = 1e-4  # learning rate
-    lr_drop_epoch: int | None = 100  # from this epoch on (0-based) use lr_after_drop; None: constant
+    lr_drop_epoch: int | None = (
+        100  # from this epoch on (0-based) use lr_after_drop; None: constant
+    )
     lr_after_drop: float = 1e-5
     weight_decay: float = 4e-4  # Adam's (L2) weight decay
     batch_size: int = 16
@@ -170,7 +173,8 @@ def resolve(
     cfg = _apply(cfg, run_keys)
     if cfg.target_norm not in TARGET_NORMS:
         raise ConfigError(
-            f"target_norm={cfg.target_norm!r} is not known", f"use one of: {', '.join(TARGET_NORMS)}"
+            f"target_norm={cfg.target_norm!r} is not known",
+            f"use one of: {', '.join(TARGET_NORMS)}",
         )
     return _with_method(cfg, method, method_keys)
 
@@ -207,7 +211,9 @@ def parse_set(items: Sequence[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r} is not key=value", "write it as --set atl.margin=0.3")
+            raise ConfigError(
+                f"--set {item!r} is not key=value", "write it as --set atl.margin=0.3"
+            )
         out[key.strip()] = value.strip()
     return out
 

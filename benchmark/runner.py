@@ -193,7 +193,11 @@ def _train(
     for part in ("val", "test"):
         idx = getattr(split, part)
         frame = pd.DataFrame(
-            {"id": images.ids[idx], "target": images.targets[idx], "prediction": result.predictions[part]}
+            {
+                "id": images.ids[idx],
+                "target": images.targets[idx],
+                "prediction": result.predictions[part],
+            }
         )
         store.write_text(run_dir / f"predictions_{part}.csv", frame.to_csv(index=False))
     last = result.history[-1] if result.history else {}

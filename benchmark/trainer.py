@@ -49,7 +49,9 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         raise ConfigError(f"unknown device {name!r}", "use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but CUDA is not available", "use --device cpu")
+        raise ConfigError(
+            "--device cuda was asked for but CUDA is not available", "use --device cpu"
+        )
     return device
 
 
@@ -57,7 +59,6 @@ def seed_everything(seed: int) -> torch.Generator:
     """Seed torch's global RNGs (augmentation, triplet sampling, init) and return a CPU
     generator for batch order. On CPU the same seed gives the same numbers."""
     torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
     return torch.Generator().manual_seed(seed)
 
 
@@ -157,7 +158,9 @@ class Trainer:
                 sums: dict[str, torch.Tensor] = {}
                 progress.reset(steps_task, total=steps)
                 epoch_start = time.perf_counter()
-                for i, batch in enumerate(data.train_batches(stage.batch_size, with_unlabeled, generator)):
+                for i, batch in enumerate(
+                    data.train_batches(stage.batch_size, with_unlabeled, generator)
+                ):
                     with self.autocast():
                         losses = method.training_step(batch, ctx)
                     optimiser.zero_grad(set_to_none=True)
@@ -188,12 +191,18 @@ class Trainer:
                     **self._pseudo_label_error(method, ctx, data),
                 }
                 if _score(ctx.val) > best_r:
-                    best_r, best_epoch, best_state = _score(ctx.val), epoch + 1, self._snapshot(method)
+                    best_r, best_epoch, best_state = (
+                        _score(ctx.val),
+                        epoch + 1,
+                        self._snapshot(method),
+                    )
                 record["best_epoch"] = best_epoch
                 history.append(record)
                 self._log(record)
                 progress.update(
-                    epochs_task, advance=1, info=f"val R {ctx.val['pearson_r']:.4f} (best {best_r:.4f})"
+                    epochs_task,
+                    advance=1,
+                    info=f"val R {ctx.val['pearson_r']:.4f} (best {best_r:.4f})",
                 )
         train_seconds = time.perf_counter() - started
         method.load_state_dict(best_state)

@@ -76,7 +76,7 @@ class TemporalEnsembling(_Consistency):
 
     def targets(self) -> torch.Tensor:
         """z̃ = Z / (1 − α^t); NaN for images never ensembled yet."""
-        correction = 1.0 - self.params.alpha ** self.updates
+        correction = 1.0 - self.params.alpha**self.updates
         return torch.where(self.updates > 0, self.ensemble / correction, torch.nan)
 
     def training_step(self, batch: Batch, ctx: FitContext) -> dict[str, torch.Tensor]:
@@ -94,7 +94,9 @@ class TemporalEnsembling(_Consistency):
     def on_epoch_end(self, ctx: FitContext) -> None:
         alpha = self.params.alpha
         self.ensemble.copy_(
-            torch.where(self.seen, alpha * self.ensemble + (1 - alpha) * self.epoch_preds, self.ensemble)
+            torch.where(
+                self.seen, alpha * self.ensemble + (1 - alpha) * self.epoch_preds, self.ensemble
+            )
         )
         self.updates += self.seen.float()
         self.seen.zero_()

@@ -8,7 +8,9 @@ import pytest
 from bmdbench.data.imageset import ImageSet
 
 
-def make_imageset(n_labeled: int = 40, n_unlabeled: int = 16, size: int = 16, seed: int = 0) -> ImageSet:
+def make_imageset(
+    n_labeled: int = 40, n_unlabeled: int = 16, size: int = 16, seed: int = 0
+) -> ImageSet:
     """Bright squares whose side grows with the target; the truth of unlabeled images is kept."""
     rng = np.random.default_rng(seed)
     n = n_labeled + n_unlabeled

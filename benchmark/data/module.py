@@ -44,7 +44,9 @@ class DataModule:
         self.scale = float(images.max_value)
         self.n_labeled = len(split.train)
         self.unit = images.unit
-        pixels = images.images if images.images.dtype == np.uint8 else images.images.astype(np.int32)
+        pixels = (
+            images.images if images.images.dtype == np.uint8 else images.images.astype(np.int32)
+        )
         train = split.train
         if target_norm == "zscore":
             self.target_mean = float(images.targets[train].mean())

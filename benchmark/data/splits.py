@@ -73,8 +73,10 @@ def make_split(images: ImageSet, cfg: SplitConfig) -> Split:
 
 def _count(value: float, n: int, name: str) -> int:
     if value < 0:
-        raise DataError(f"split.{name}={value} is negative", "give a count (>= 1) or a fraction (< 1)")
-    return int(value) if value >= 1 else int(round(value * n))
+        raise DataError(
+            f"split.{name}={value} is negative", "give a count (>= 1) or a fraction (< 1)"
+        )
+    return int(value) if value >= 1 else round(value * n)
 
 
 def _random(

@@ -13,7 +13,9 @@ def test_preset_then_overrides_then_set():
 
 
 def test_stage2_method_resolves_its_parent_with_parent_keys():
-    cfg = resolve("proposed", "tiny", "smoke", {"atl.margin": "0.7", "proposed.consistency_weight": "0.5"})
+    cfg = resolve(
+        "proposed", "tiny", "smoke", {"atl.margin": "0.7", "proposed.consistency_weight": "0.5"}
+    )
     assert cfg.parent is not None and cfg.parent.method == "atl"
     assert cfg.parent.hparams.margin == 0.7
     assert cfg.hparams.consistency_weight == 0.5

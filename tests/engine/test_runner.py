@@ -39,7 +39,9 @@ def test_run_record_and_files(tmp_path):
     assert set(record["metrics"]["test"]) == set(METRIC_KEYS)
     assert record["data"]["sizes"] == {"train": 24, "val": 8, "test": 8, "unlabeled": 16}
     assert len(record["config_hash"]) == 64 and record["git_sha"]
-    epochs = [json.loads(line) for line in (outcome.run_dir / "epochs.jsonl").read_text().splitlines()]
+    epochs = [
+        json.loads(line) for line in (outcome.run_dir / "epochs.jsonl").read_text().splitlines()
+    ]
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
     assert {"loss_loss", "loss_mse", "loss_triplet", "lr", "val_pearson_r"} <= set(epochs[0])
     # the selected checkpoint is the epoch with the best validation R, and all metrics come from it

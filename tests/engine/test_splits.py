@@ -35,7 +35,10 @@ def test_label_budget_hides_the_rest(imageset):
     split = make_split(imageset, SplitConfig(train=5, val=10, test=10))
     assert len(split.train) == 5
     assert len(split.unlabeled) == 16 + 15
-    assert split.labeled_fingerprint != make_split(imageset, SplitConfig(val=10, test=10)).labeled_fingerprint
+    assert (
+        split.labeled_fingerprint
+        != make_split(imageset, SplitConfig(val=10, test=10)).labeled_fingerprint
+    )
 
 
 def test_split_too_small(imageset):

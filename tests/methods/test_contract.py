@@ -53,7 +53,9 @@ def test_gradients_reach_every_parameter_and_unsupervised_terms_train_the_studen
     method.zero_grad()
     losses["loss"].backward()
     for pname, p in method.regressor.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), f"{name}: no gradient for {pname}"
+        assert p.grad is not None and torch.isfinite(p.grad).all(), (
+            f"{name}: no gradient for {pname}"
+        )
     assert any(p.grad.abs().sum() > 0 for p in method.regressor.parameters())
 
     if method.unsupervised_terms:
@@ -61,7 +63,9 @@ def test_gradients_reach_every_parameter_and_unsupervised_terms_train_the_studen
         losses = method.training_step(batch, ctx)
         unsupervised = sum(losses[t] for t in method.unsupervised_terms)
         unsupervised.backward()
-        student = sum(p.grad.abs().sum() for p in method.regressor.parameters() if p.grad is not None)
+        student = sum(
+            p.grad.abs().sum() for p in method.regressor.parameters() if p.grad is not None
+        )
         assert student > 0, f"{name}: the unsupervised terms alone give the student no gradient"
 
 

@@ -25,7 +25,9 @@ def ctx_stub(pool_size: int = 3, **kw):
 
 
 def test_temporal_ensembling_update_and_bias_correction():
-    method = TemporalEnsembling(Regressor(build_backbone("tiny")), TemporalEnsemblingParams(alpha=0.6))
+    method = TemporalEnsembling(
+        Regressor(build_backbone("tiny")), TemporalEnsemblingParams(alpha=0.6)
+    )
     ctx = ctx_stub()
     method.on_stage_start(ctx)
     assert torch.isnan(method.targets()).all()  # nothing ensembled yet
@@ -101,7 +103,12 @@ def test_self_training_refreshes_only_when_both_improve():
     ctx = ctx_stub(predict_pool=lambda predictor: calls.append(1) or torch.tensor([9.0, 0.7, 0.8]))
     method.on_stage_start(ctx)
     assert torch.isnan(method.pseudo[1:]).all()  # no pseudo labels before the first refresh
-    for r, rmse, refreshed in [(0.5, 0.2, True), (0.6, 0.3, False), (0.4, 0.1, False), (0.7, 0.1, True)]:
+    for r, rmse, refreshed in [
+        (0.5, 0.2, True),
+        (0.6, 0.3, False),
+        (0.4, 0.1, False),
+        (0.7, 0.1, True),
+    ]:
         ctx.val = {"pearson_r": r, "rmse": rmse}
         method.on_epoch_start(ctx)
         assert ctx.log["pseudo_refreshed"] == float(refreshed)
