@@ -85,7 +85,11 @@ def decode_all(
         stale = np.flatnonzero((old_signatures != signatures).any(axis=1))
     if len(stale):
         images, digests, bits = _refresh(paths, rois, size, where, stale, images, digests, bits)
-        _save(file, images, signatures, digests, bits)
+        save_arrays(
+            file,
+            {"images": images, "signatures": signatures, "digests": digests, "bits": bits},
+            "image cache",
+        )
     return images, digests.tolist()
 
 
@@ -164,23 +168,24 @@ def _load(file: Path, n: int, size: int) -> tuple[np.ndarray, ...] | None:
     return images, signatures, digests.astype("<U64"), bits
 
 
-def _save(
-    file: Path, images: np.ndarray, signatures: np.ndarray, digests: np.ndarray, bits: np.ndarray
-) -> None:
-    """Write the cache file atomically; warn (and go on) if the folder is not writable."""
+def save_arrays(file: Path, arrays: dict[str, np.ndarray], what: str) -> None:
+    """Write ``arrays`` to an .npz ``file`` atomically; warn (and go on) if it cannot be written.
+
+    ``what`` names the cache in the warning ("image cache", "synthetic-data cache").
+    """
     tmp = None
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=file.parent, suffix=".tmp", delete=False) as f:
             tmp = f.name
-            np.savez(f, images=images, signatures=signatures, digests=digests, bits=bits)
+            np.savez(f, **arrays)
         os.replace(tmp, file)
     except OSError as err:
         if tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
         warnings.warn(
-            f"could not write the image cache {file} ({err}); images will be decoded "
+            f"could not write the {what} {file} ({err}); it will be computed "
             "again next time — set BMDBENCH_CACHE to a writable folder",
             stacklevel=3,
         )

@@ -37,13 +37,11 @@ rendering is chunked.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import os
 import shutil
 import tempfile
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +51,7 @@ from PIL import Image
 from scipy import special
 
 from bmdbench.config import SynthConfig, stable_hash
-from bmdbench.data.cache import default_cache_dir
+from bmdbench.data.cache import default_cache_dir, save_arrays
 from bmdbench.data.imageset import ImageSet
 from bmdbench.errors import DataError
 
@@ -201,7 +199,7 @@ def load_synthetic(cfg: SynthConfig, image_size: int, cache_dir: Path | None = N
     if cached is not None:
         return cached
     images = synthesize(cfg, image_size)
-    _write_cache(file, images)
+    save_arrays(file, {name: getattr(images, name) for name in _CACHED}, "synthetic-data cache")
     return images
 
 
@@ -220,26 +218,6 @@ def _read_cache(file: Path, n: int, size: int, fingerprint: str) -> ImageSet | N
     if any(len(arrays[name]) != n for name in _CACHED):
         return None
     return ImageSet(**arrays, source="synthetic", unit=UNIT, fingerprint=fingerprint)
-
-
-def _write_cache(file: Path, images: ImageSet) -> None:
-    """Write the cache file atomically; warn (and go on) if the folder is not writable."""
-    tmp = None
-    try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=file.parent, suffix=".tmp", delete=False) as f:
-            tmp = f.name
-            np.savez(f, **{name: getattr(images, name) for name in _CACHED})
-        os.replace(tmp, file)
-    except OSError as err:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        warnings.warn(
-            f"could not write the synthetic-data cache {file} ({err}); it will be rendered "
-            "again next time — set BMDBENCH_CACHE to a writable folder",
-            stacklevel=3,
-        )
 
 
 def write_synthetic(cfg: SynthConfig, image_size: int, out_dir: Path) -> Path:
