@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -168,7 +169,7 @@ def _load(file: Path, n: int, size: int) -> tuple[np.ndarray, ...] | None:
     return images, signatures, digests.astype("<U64"), bits
 
 
-def save_arrays(file: Path, arrays: dict[str, np.ndarray], what: str) -> None:
+def save_arrays(file: Path, arrays: dict[str, Any], what: str) -> None:
     """Write ``arrays`` to an .npz ``file`` atomically; warn (and go on) if it cannot be written.
 
     ``what`` names the cache in the warning ("image cache", "synthetic-data cache").
