@@ -150,11 +150,11 @@ def list_backbones() -> None:
 @list_app.command("presets")
 def list_presets() -> None:
     """Presets and what they set."""
-    from bmdbench.config import PRESET_HELP, PRESETS, _flatten
+    from bmdbench.config import PRESET_HELP, PRESETS, flatten
 
     table = Table("preset", "description", "settings")
     for name, values in PRESETS.items():
-        settings = ", ".join(f"{k}={v}" for k, v in _flatten(values).items())
+        settings = ", ".join(f"{k}={v}" for k, v in flatten(values).items())
         table.add_row(name, PRESET_HELP[name], settings)
     out_console.print(table)
 

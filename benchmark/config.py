@@ -168,7 +168,7 @@ def resolve(
     overrides = dict(overrides or {})
     method_keys = {k: v for k, v in overrides.items() if k.split(".", 1)[0] in METHODS}
     run_keys = {k: v for k, v in overrides.items() if k not in method_keys}
-    cfg = _apply(RunConfig(), _flatten(PRESETS[preset]))
+    cfg = _apply(RunConfig(), flatten(PRESETS[preset]))
     cfg = replace(cfg, preset=preset, method=method, backbone=backbone, **top)
     cfg = _apply(cfg, run_keys)
     if cfg.target_norm not in TARGET_NORMS:
@@ -202,7 +202,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {p} does not exist", "check the --config path") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {p} is not valid TOML: {exc}", "fix its syntax") from None
-    return _flatten(data)
+    return flatten(data)
 
 
 def parse_set(items: Sequence[str]) -> dict[str, str]:
@@ -232,11 +232,11 @@ def valid_keys(obj: Any, prefix: str = "") -> list[str]:
     return keys
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[prefix + key] = value
     return flat

@@ -129,8 +129,8 @@ class Trainer:
         """
         method = self.prepare(method)
         with_unlabeled = method.stage == 2
-        steps = data.steps_per_epoch(stage.batch_size, with_unlabeled)
         ctx = self.context(method, data, stage, augment)
+        steps = ctx.steps_per_epoch
         optimiser = torch.optim.Adam(
             method.trainable_parameters(),
             lr=stage.lr,
