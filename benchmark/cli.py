@@ -122,6 +122,193 @@ def run(
     print(outcome.run_dir)
 
 
+Storage = Annotated[
+    str | None,
+    typer.Option(
+        "--storage",
+        help="Optuna storage URL shared by workers (default: sqlite file OUT/bmdbench.db).",
+    ),
+]
+
+
+def _names(text: str | None) -> list[str]:
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
+def _grid_cells(
+    table: str | None,
+    methods: str | None,
+    backbones: str | None,
+    seeds: int,
+    preset: str | None,
+    data: str,
+    unlabeled: str | None,
+    device: str,
+    sets: list[str] | None,
+) -> list:
+    from bmdbench.config import default_preset, parse_set
+    from bmdbench.errors import ConfigError
+    from bmdbench.grid import Cell, custom_cells, table_cells
+    from bmdbench.paper_tables import select
+
+    if seeds < 1:
+        raise ConfigError(f"--seeds {seeds} is not a positive count", "give --seeds 1 or more")
+    base = Cell("", "", 0, preset or default_preset(), data, unlabeled, device)
+    overrides = parse_set(sets or [])
+    if table is not None:
+        if methods:
+            raise ConfigError(
+                "a paper table and --methods were both given",
+                "give either TABLE (table1..table4, all) or --methods/--backbones",
+            )
+        chosen = _names(backbones)
+        if len(chosen) > 1:
+            raise ConfigError(
+                "a paper table takes at most one --backbones name",
+                "give one backbone to replace vgg11_bn_se in Tables 2–4",
+            )
+        return table_cells(select(table), seeds, overrides, base, chosen[0] if chosen else None)
+    if not methods or not backbones:
+        raise ConfigError(
+            "a custom grid needs --methods and --backbones",
+            "e.g. bmdbench grid --methods baseline,atl --backbones vgg11_bn --seeds 3, "
+            "or name a paper table: bmdbench grid table2",
+        )
+    return custom_cells(_names(methods), _names(backbones), seeds, overrides, base)
+
+
+@app.command()
+def grid(
+    table: Annotated[
+        str | None,
+        typer.Argument(help="table1 | table2 | table3 | table4 | all (omit for a custom grid)."),
+    ] = None,
+    methods: Annotated[
+        str | None, typer.Option("--methods", help="Custom grid: comma-separated methods.")
+    ] = None,
+    backbones: Annotated[
+        str | None,
+        typer.Option(
+            "--backbones",
+            help="Custom grid: comma-separated backbones; with a table: replaces vgg11_bn_se.",
+        ),
+    ] = None,
+    seeds: Annotated[int, typer.Option("--seeds", help="Seeds 0..N-1 per cell.")] = 1,
+    preset: Preset = None,
+    data: Data = "synthetic",
+    unlabeled: Unlabeled = None,
+    out: Out = Path("results"),
+    set_: Sets = None,
+    device: Device = "auto",
+    workers: Annotated[
+        int, typer.Option("--workers", help="Worker processes on this machine.")
+    ] = 1,
+    storage: Storage = None,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Run failed or diverged cells again.")
+    ] = False,
+) -> None:
+    """Run the cells of a paper table (or a custom grid); resumes where it stopped."""
+    from bmdbench.dispatch import default_storage
+    from bmdbench.errors import ConfigError
+    from bmdbench.grid import make_plan, print_plan, run_grid
+
+    if workers < 1:
+        raise ConfigError(
+            f"--workers {workers} is not a positive count", "give --workers 1 or more"
+        )
+    cells = _grid_cells(table, methods, backbones, seeds, preset, data, unlabeled, device, set_)
+    plan = make_plan(cells, out)
+    print_plan(out_console, plan)
+    counts = run_grid(
+        plan, out, storage or default_storage(out), workers, retry_failed, out_console
+    )
+    out_console.print(
+        f"{counts.done} of {counts.cells} cells done, {counts.failed} failed; runs in {out / 'runs'}"
+    )
+    if counts.failed:
+        err_console.print(
+            f"[bold red]error:[/] {counts.failed} cells failed or diverged — their records are "
+            f"in {out / 'runs'}; run the same command with --retry-failed to try them again",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
+
+
+@app.command(hidden=True)
+def worker(
+    storage: Annotated[str, typer.Option("--storage")],
+    study: Annotated[str, typer.Option("--study")],
+    out: Out = Path("results"),
+) -> None:
+    """Take cells of one grid's queue until it is empty (started by bmdbench grid --workers)."""
+    from bmdbench.dispatch import CellQueue
+    from bmdbench.grid import events_path, work
+
+    work(CellQueue(storage, study), out, events_path(out, study), lambda counts: None)
+
+
+@app.command()
+def table(
+    name: Annotated[str, typer.Argument(help="table1 | table2 | table3 | table4 | all.")],
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="md | latex | csv (default: all three)."),
+    ] = None,
+    out: Out = Path("results"),
+    preset: Preset = None,
+    data: Data = "synthetic",
+    unlabeled: Unlabeled = None,
+    backbones: Annotated[
+        str | None, typer.Option("--backbones", help="The backbone that replaced vgg11_bn_se.")
+    ] = None,
+    set_: Sets = None,
+) -> None:
+    """Print a paper table from the runs under OUT and write OUT/tables/<table>.<ext>."""
+    from bmdbench.config import to_dict
+    from bmdbench.errors import ConfigError
+    from bmdbench.paper_tables import select
+    from bmdbench.results import load_runs, signature
+    from bmdbench.tables import FORMATS, build, display_frame, write
+
+    formats = FORMATS if fmt is None else (fmt,)
+    if fmt is not None and fmt not in FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}", f"use one of: {', '.join(FORMATS)}")
+    runs = load_runs(out)
+    for paper_table in select(name):
+        cells = _grid_cells(
+            paper_table.name, None, backbones, 1, preset, data, unlabeled, "auto", set_
+        )
+        data_ = build(paper_table, runs, [signature(to_dict(c.config())) for c in cells])
+        frame = display_frame(data_, "rich")
+        rich_table = Table(title=paper_table.title, caption=data_.footer)
+        rich_table.add_column(str(frame.index.name or ""))
+        for column in frame.columns:
+            rich_table.add_column(" ".join(column) if isinstance(column, tuple) else str(column))
+        for label, row in frame.iterrows():
+            rich_table.add_row(str(label), *(str(v) for v in row))
+        out_console.print(rich_table)
+        for f in formats:
+            print(write(data_, f, out / "tables"))
+
+
+@app.command()
+def plot(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run's directory.")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for the figures (default: OUT/figures/<run name>)."),
+    ] = None,
+) -> None:
+    """Predicted vs true (the paper's Figure 2), Bland–Altman and learning curve of one run."""
+    from bmdbench.plots import plot_run
+
+    folder = out or run_dir.resolve().parent.parent / "figures" / run_dir.resolve().name
+    for path in plot_run(run_dir, folder):
+        print(path)
+
+
 @list_app.command("methods")
 def list_methods() -> None:
     """Registered methods, their stage and the stage-1 method they start from."""
@@ -205,3 +392,7 @@ def main() -> None:
             soft_wrap=True,
         )
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

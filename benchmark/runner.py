@@ -110,15 +110,7 @@ def execute(
     Raises :class:`RunFailed` after writing the record of a diverged or failed run.
     """
     console = console or Console()
-    images = load_images(cfg)
-    split = make_split(images, cfg.split)
-    spec = METHODS.get(cfg.method)
-    if spec.stage == 2 and len(split.unlabeled) == 0:
-        raise DataError(
-            f"{cfg.method} needs unlabeled images but the data has none",
-            "add them with --unlabeled FOLDER_OR_MANIFEST or set a label budget (--n-labeled)",
-        )
-    chash = config_hash(cfg, images, split)
+    images, split, chash = _identify(cfg)
     name = store.run_name(cfg.method, cfg.backbone, cfg.preset, cfg.seed, chash)
     final = store.runs_dir(out) / name
     existing = store.read_record(final)
@@ -153,6 +145,26 @@ def execute(
         raise RunFailed(final, record["status"], record["error"])
     _results_table(console, record, images.unit)
     return RunOutcome(final, record)
+
+
+def locate(cfg: RunConfig, out: Path) -> Path:
+    """The run directory ``cfg`` writes (or wrote) under ``out``."""
+    _, _, chash = _identify(cfg)
+    return store.runs_dir(out) / store.run_name(
+        cfg.method, cfg.backbone, cfg.preset, cfg.seed, chash
+    )
+
+
+def _identify(cfg: RunConfig) -> tuple[ImageSet, Split, str]:
+    """The run's images, split and config hash (checks a stage-2 method has unlabeled images)."""
+    images = load_images(cfg)
+    split = make_split(images, cfg.split)
+    if METHODS.get(cfg.method).stage == 2 and len(split.unlabeled) == 0:
+        raise DataError(
+            f"{cfg.method} needs unlabeled images but the data has none",
+            "add them with --unlabeled FOLDER_OR_MANIFEST or set a label budget (--n-labeled)",
+        )
+    return images, split, config_hash(cfg, images, split)
 
 
 def build_method(cfg: RunConfig, parent_dir: Path | None = None) -> Method:

@@ -18,8 +18,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,11 +58,50 @@ def read_record(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def iter_records(out: Path) -> Iterator[dict[str, Any]]:
+    """The final records of every complete run under ``out/runs`` (staging folders skipped)."""
+    base = runs_dir(out)
+    if not base.is_dir():
+        return
+    for run_dir in sorted(base.iterdir()):
+        if run_dir.name.startswith("."):
+            continue
+        record = read_record(run_dir)
+        if record is not None:
+            yield record
+
+
 def staging_dir(out: Path, name: str) -> Path:
-    """A fresh temporary directory beside the final one (same filesystem)."""
+    """A fresh temporary directory beside the final one (same filesystem), named
+    ``.<name>.<host>~<pid>.<random>.tmp`` so that a dead process's leftovers can be found."""
     base = runs_dir(out)
     base.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=base, prefix=f".{name}.", suffix=".tmp"))
+    owner = f"{socket.gethostname()}~{os.getpid()}"
+    return Path(tempfile.mkdtemp(dir=base, prefix=f".{name}.{owner}.", suffix=".tmp"))
+
+
+def remove_dead_staging(out: Path) -> int:
+    """Delete staging folders left by killed processes of this host; returns how many."""
+    base = runs_dir(out)
+    host = socket.gethostname()
+    removed = 0
+    for path in base.glob(".*.tmp") if base.is_dir() else ():
+        stem = path.name.removesuffix(".tmp").rpartition(".")[0]  # without the random part
+        owner, _, pid = stem.rpartition("~")
+        if owner.endswith(f".{host}") and pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def publish(staging: Path, final: Path) -> None:

@@ -1,0 +1,342 @@
+"""Comparison grids: cells (method × backbone × seed), their plan, and the workers that run them.
+
+A grid is an Optuna study used as a queue (:mod:`bmdbench.dispatch`); its name
+is a hash of its cells, so the same command finds the same queue again and
+carries on where it stopped. Stage-1 cells are queued before the stage-2 cells
+that fine-tune from them, and a stage-2 cell waits until its parent is finished.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from bmdbench import store
+from bmdbench.config import RunConfig, resolve, stable_hash
+from bmdbench.dispatch import IDLE_S, CellQueue, Counts
+from bmdbench.errors import BmdError
+from bmdbench.methods import METHODS
+from bmdbench.paper_tables import PAPER_BACKBONE, PaperTable
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a grid: everything ``bmdbench run`` would be given."""
+
+    method: str
+    backbone: str
+    seed: int
+    preset: str
+    data: str = "synthetic"
+    unlabeled: str | None = None
+    device: str = "auto"
+    sets: tuple[tuple[str, str], ...] = ()  # --set overrides, sorted
+
+    @property
+    def key(self) -> str:
+        """Identity of the cell (the device it runs on is not part of it)."""
+        return stable_hash({k: v for k, v in asdict(self).items() if k != "device"})[:16]
+
+    def config(self) -> RunConfig:
+        return resolve(
+            self.method,
+            self.backbone,
+            self.preset,
+            dict(self.sets),
+            data=self.data,
+            unlabeled=self.unlabeled,
+            seed=self.seed,
+            device=self.device,
+        )
+
+    def parent(self) -> Cell | None:
+        """The stage-1 cell a stage-2 cell fine-tunes from."""
+        cfg = self.config()
+        if cfg.parent is None:
+            return None
+        return make_cell(self, cfg.parent.method, self.backbone, self.seed, dict(self.sets))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Cell:
+        fields = json.loads(text)
+        return cls(**{**fields, "sets": tuple((k, v) for k, v in fields["sets"])})
+
+    def describe(self) -> str:
+        extra = " ".join(f"{k}={v}" for k, v in self.sets)
+        return f"{self.method} · {self.backbone} · seed {self.seed}" + (
+            f" · {extra}" if extra else ""
+        )
+
+
+def make_cell(base: Cell, method: str, backbone: str, seed: int, sets: dict[str, str]) -> Cell:
+    """A cell with the settings that concern it: run-wide ones, its method's and its
+    stage-1 parent's (so that one grid-wide --set does not split shared stage-1 cells)."""
+    own = {
+        method,
+        sets.get(f"{method}.stage1", getattr(METHODS.get(method).Params(), "stage1", method)),
+    }
+    methods = set(METHODS)
+    kept = {k: v for k, v in sets.items() if k.split(".", 1)[0] not in methods - own}
+    return replace(
+        base, method=method, backbone=backbone, seed=seed, sets=tuple(sorted(kept.items()))
+    )
+
+
+def custom_cells(
+    methods: Sequence[str], backbones: Sequence[str], seeds: int, sets: dict[str, str], base: Cell
+) -> list[Cell]:
+    """Every method × backbone × seed, with the same ``sets``."""
+    return [
+        make_cell(base, m, b, s, sets) for m in methods for b in backbones for s in range(seeds)
+    ]
+
+
+def table_cells(
+    tables: Sequence[PaperTable], seeds: int, sets: dict[str, str], base: Cell, backbone: str | None
+) -> list[Cell]:
+    """The cells of the paper's tables; ``backbone`` replaces the paper's in Tables 2–4."""
+    cells = []
+    for table in tables:
+        for tc in table.cells:
+            for seed in range(seeds):
+                chosen = tc.backbone or backbone or PAPER_BACKBONE
+                cells.append(make_cell(base, tc.method, chosen, seed, {**sets, **dict(tc.sets)}))
+    return cells
+
+
+def with_parents(cells: Sequence[Cell]) -> list[Cell]:
+    """The cells plus their stage-1 parents, stage-1 cells first, each once, order kept."""
+    stage1: dict[str, Cell] = {}
+    stage2: dict[str, Cell] = {}
+    for cell in cells:
+        parent = cell.parent()
+        if parent is None:
+            stage1.setdefault(cell.key, cell)
+        else:
+            stage1.setdefault(parent.key, parent)
+            stage2.setdefault(cell.key, cell)
+    return [*stage1.values(), *stage2.values()]
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str  # the study (queue) name
+    cells: list[Cell]
+    done: set[str]  # keys of cells with a finished (ok) run record
+    stage1_reused: int  # stage-2 cells whose stage-1 checkpoint already exists
+    estimate_s: float | None  # time for the remaining cells, from earlier runs; None: unknown
+
+
+def make_plan(cells: Sequence[Cell], out: Path) -> Plan:
+    """Resolve every cell (bad input fails here, before anything is queued) and see what exists."""
+    from bmdbench.runner import locate
+
+    cells = with_parents(cells)
+    dirs = {cell.key: locate(cell.config(), out) for cell in cells}
+    done = {key for key, d in dirs.items() if _ok(d)}
+    parents = {p.key for c in cells if (p := c.parent()) is not None}
+    seconds = _typical_seconds(out)
+    remaining = [c for c in cells if c.key not in done]
+    guesses = [seconds.get((c.preset, _stage(c), c.backbone)) for c in remaining]
+    estimate = None if any(g is None for g in guesses) else float(sum(g or 0 for g in guesses))
+    name = "grid-" + stable_hash(sorted(c.key for c in cells))[:16]
+    return Plan(name, cells, done, len(parents & done), estimate)
+
+
+def _ok(run_dir: Path) -> bool:
+    record = store.read_record(run_dir)
+    return record is not None and record["status"] == "ok"
+
+
+def _stage(cell: Cell) -> int:
+    return METHODS.get(cell.method).stage
+
+
+def _typical_seconds(out: Path) -> dict[tuple[str, int, str], float]:
+    """Median run time of earlier ok runs under ``out`` by (preset, stage, backbone)."""
+    times: dict[tuple[str, int, str], list[float]] = {}
+    for record in store.iter_records(out):
+        if record["status"] == "ok" and record["method"] in METHODS:
+            key = (record["preset"], METHODS.get(record["method"]).stage, record["backbone"])
+            times.setdefault(key, []).append(record["timings"]["total_s"])
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def print_plan(console: Console, plan: Plan) -> None:
+    n = len(plan.cells)
+    stage2 = sum(1 for c in plan.cells if _stage(c) == 2)
+    console.print(
+        f"grid [bold]{plan.name}[/]: {n} cells ({n - stage2} stage-1, {stage2} stage-2), "
+        f"{len(plan.done)} already done, {plan.stage1_reused} stage-1 checkpoints reused"
+    )
+    if plan.estimate_s is None:
+        console.print("estimated time: unknown until cells of this preset have run here")
+    else:
+        console.print(
+            f"estimated time: {plan.estimate_s / 60:.1f} min on one worker (from earlier runs)"
+        )
+
+
+def cell_attrs(cell: Cell) -> dict[str, Any]:
+    parent = cell.parent()
+    return {
+        "key": cell.key,
+        "cell": cell.to_json(),
+        "needs": parent.key if parent else None,
+        "label": cell.describe(),
+    }
+
+
+def run_cell(cell: Cell, out: Path) -> tuple[str, str | None, str | None, float | None, bool]:
+    """Run one cell (reusing a finished run): (status, run name, error, val R, reused)."""
+    from bmdbench.runner import RunFailed, execute
+
+    try:
+        outcome = execute(cell.config(), out, Console(quiet=True), show_progress=False, reuse=True)
+    except RunFailed as exc:
+        return exc.status, exc.run_dir.name, str(exc), None, False
+    except BmdError as exc:
+        return "failed", None, str(exc), None, False
+    val_r = outcome.record["metrics"]["val"]["pearson_r"]
+    return "ok", outcome.run_dir.name, None, val_r, outcome.reused
+
+
+def work(queue: CellQueue, out: Path, events: Path, on_change: Callable[[Counts], None]) -> None:
+    """Take cells from the queue and run them until none is queued or running."""
+    while True:
+        queue.reclaim()
+        trial = queue.take()
+        if trial is None:
+            counts = queue.counts()
+            on_change(counts)
+            if counts.finished:
+                return
+            time.sleep(IDLE_S)
+            continue
+        cell = Cell.from_json(trial.user_attrs["cell"])
+        _event(events, "start", cell, trial.number)
+        if queue.parent_failed(trial):
+            result: tuple[str, str | None, str | None, float | None, bool] = (
+                "failed",
+                None,
+                "its stage-1 parent failed",
+                None,
+                False,
+            )
+        else:
+            with queue.heartbeat(trial):
+                result = run_cell(cell, out)
+        status, run, error, value, reused = result
+        queue.finish(trial, status, run, error, value)
+        _event(
+            events, "end", cell, trial.number, status=status, run=run, reused=reused, error=error
+        )
+        on_change(queue.counts())
+
+
+def _event(events: Path, kind: str, cell: Cell, trial: int, **extra: Any) -> None:
+    """Append one line to the grid's event log (one write per line: safe across workers)."""
+    line = {
+        "event": kind,
+        "key": cell.key,
+        "cell": cell.describe(),
+        "trial": trial,
+        "pid": os.getpid(),
+        "time": round(time.time(), 3),
+        **extra,
+    }
+    events.parent.mkdir(parents=True, exist_ok=True)
+    with open(events, "a") as fh:
+        fh.write(json.dumps(line) + "\n")
+
+
+def events_path(out: Path, name: str) -> Path:
+    return out / "grids" / f"{name}.events.jsonl"
+
+
+def run_grid(
+    plan: Plan,
+    out: Path,
+    storage: str,
+    workers: int,
+    retry_failed: bool,
+    console: Console,
+) -> Counts:
+    """Queue the plan's cells and run them with ``workers`` processes; returns the final counts."""
+    store.remove_dead_staging(out)
+    queue = CellQueue(storage, plan.name)
+    queue.fill([cell_attrs(c) for c in plan.cells])
+    if retry_failed:
+        console.print(f"queued {queue.retry_failed()} failed cells again")
+    events = events_path(out, plan.name)
+    with Progress(
+        TextColumn("cells"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task("cells", total=len(plan.cells), info="")
+
+        def show(counts: Counts) -> None:
+            progress.update(
+                task,
+                completed=counts.done + counts.failed,
+                info=f"running {counts.running} · failed {counts.failed}",
+            )
+
+        show(queue.counts())
+        if workers == 1:
+            work(queue, out, events, show)
+        else:
+            _run_workers(workers, storage, plan.name, out, queue, show)
+    return queue.counts()
+
+
+def _run_workers(
+    n: int, storage: str, name: str, out: Path, queue: CellQueue, show: Callable[[Counts], None]
+) -> None:
+    logs = out / "grids"
+    logs.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "bmdbench.cli",
+        "worker",
+        "--storage",
+        storage,
+        "--study",
+        name,
+    ]
+    procs = []
+    for i in range(n):
+        with open(logs / f"{name}.worker{i}.log", "a") as log:
+            procs.append(
+                subprocess.Popen(
+                    [*command, "--out", str(out)], stdout=log, stderr=subprocess.STDOUT
+                )
+            )
+    try:
+        while any(p.poll() is None for p in procs):
+            show(queue.counts())
+            time.sleep(2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+    show(queue.counts())

@@ -1,0 +1,115 @@
+"""The cells of the paper's Tables 1–4 and the values the paper reports for them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bmdbench.errors import ConfigError
+
+PAPER_BACKBONE = "vgg11_bn_se"  # the backbone of Tables 2–4 (VGG-11-BN with SE blocks)
+
+
+@dataclass(frozen=True)
+class TableCell:
+    label: str  # the paper's name for the cell
+    method: str
+    backbone: str | None = None  # None: the table's backbone (PAPER_BACKBONE unless replaced)
+    sets: tuple[tuple[str, str], ...] = ()  # --set overrides that define the cell
+    paper_r: float | None = None  # the paper's reported test R and RMSE (g/cm²)
+    paper_rmse: float | None = None
+    group: str = ""  # Table 3: the column group (Triplet Loss | ATL)
+
+
+@dataclass(frozen=True)
+class PaperTable:
+    name: str
+    title: str
+    cells: tuple[TableCell, ...]
+    reference: str  # label of the cell every other cell is tested against
+    layout: str  # "columns": cells are columns (Tables 1, 2); "rows"; "groups" (Table 3)
+
+
+def _margins(method: str, group: str, rs: list[float], rmses: list[float]) -> list[TableCell]:
+    return [
+        TableCell(f"{m}", method, None, ((f"{method}.margin", str(m)),), r, e, group)
+        for m, r, e in zip((0.1, 0.3, 0.5, 0.7, 1.0), rs, rmses, strict=True)
+    ]
+
+
+_BASELINE = TableCell("Baseline", "baseline", None, (), 0.8520, 0.0831)
+
+TABLES: dict[str, PaperTable] = {
+    "table1": PaperTable(
+        "table1",
+        "Table 1. The baseline (MSE) on different backbones",
+        (
+            TableCell("VGG-11", "baseline", "vgg11_bn", (), 0.8520, 0.0831),
+            TableCell("VGG-13", "baseline", "vgg13_bn", (), 0.8501, 0.0855),
+            TableCell("VGG-16", "baseline", "vgg16_bn", (), 0.8335, 0.1158),
+            TableCell("ResNet-18", "baseline", "resnet18", (), 0.8398, 0.0883),
+            TableCell("ResNet-34", "baseline", "resnet34", (), 0.8445, 0.0946),
+            TableCell("ResNet-50", "baseline", "resnet50", (), 0.8448, 0.1047),
+        ),
+        reference="VGG-11",
+        layout="columns",
+    ),
+    "table2": PaperTable(
+        "table2",
+        "Table 2. Semi-supervised methods",
+        (
+            _BASELINE,
+            TableCell("Π-model", "pi_model", None, (), 0.8637, 0.0828),
+            TableCell("Temp. Ensemble", "temporal_ensembling", None, (), 0.8722, 0.0832),
+            TableCell("Mean Teacher", "mean_teacher", None, (), 0.8600, 0.0817),
+            TableCell("Proposed", "proposed", None, (), 0.8805, 0.0758),
+        ),
+        reference="Baseline",
+        layout="columns",
+    ),
+    "table3": PaperTable(
+        "table3",
+        "Table 3. Triplet loss vs adaptive triplet loss (ATL) over margins",
+        (
+            *_margins(
+                "triplet",
+                "Triplet Loss",
+                [0.8515, 0.8459, 0.8538, 0.8549, 0.8522],
+                [0.0917, 0.1000, 0.0866, 0.0823, 0.0829],
+            ),
+            *_margins(
+                "atl",
+                "ATL",
+                [0.8563, 0.8657, 0.8670, 0.8565, 0.8524],
+                [0.1013, 0.0814, 0.0806, 0.0836, 0.1215],
+            ),
+            TableCell("Baseline", "baseline", None, (), 0.8520, 0.0831, "Baseline"),
+        ),
+        reference="Baseline",
+        layout="groups",
+    ),
+    "table4": PaperTable(
+        "table4",
+        "Table 4. Ablation of the adaptive triplet loss and self-training",
+        (
+            _BASELINE,
+            TableCell("Baseline + ATL", "atl", None, (), 0.8670, 0.0806),
+            TableCell("SSL", "pseudo_label", None, (), 0.8605, 0.0809),
+            TableCell("SSL + ATL", "pseudo_label_atl", None, (), 0.8772, 0.0767),
+            TableCell(
+                "Proposed w/o Consistency", "proposed_no_consistency", None, (), 0.8776, 0.0761
+            ),
+            TableCell("Proposed", "proposed", None, (), 0.8805, 0.0758),
+        ),
+        reference="Baseline",
+        layout="rows",
+    ),
+}
+
+
+def select(name: str) -> list[PaperTable]:
+    """``table1`` … ``table4`` or ``all``."""
+    if name == "all":
+        return list(TABLES.values())
+    if name not in TABLES:
+        raise ConfigError(f"unknown table {name!r}", f"use one of: {', '.join(TABLES)}, all")
+    return [TABLES[name]]

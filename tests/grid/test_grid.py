@@ -1,0 +1,100 @@
+"""Grids: cells and their parents, and a real kill-and-resume of `bmdbench grid`."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+from bmdbench import store
+from bmdbench.grid import Cell, custom_cells, table_cells, with_parents
+from bmdbench.paper_tables import TABLES
+
+BASE = Cell("", "", 0, "smoke", device="cpu")
+
+
+def test_parents_come_first_once_without_other_methods_settings():
+    cells = custom_cells(
+        ["proposed", "pi_model", "atl"], ["tiny"], 2, {"proposed.consistency_weight": "0.5"}, BASE
+    )
+    ordered = with_parents(cells)
+    methods = [c.method for c in ordered]
+    assert methods == [
+        "atl",
+        "atl",
+        "baseline",
+        "baseline",
+        "proposed",
+        "proposed",
+        "pi_model",
+        "pi_model",
+    ]
+    proposed = next(c for c in ordered if c.method == "proposed")
+    assert proposed.parent().sets == ()  # the proposed.* setting does not split the atl cell
+    assert len({c.key for c in ordered}) == len(ordered)
+
+
+def test_table_cells_follow_the_paper():
+    cells = table_cells([TABLES["table3"]], 1, {}, BASE, "tiny")
+    margins = [(c.method, dict(c.sets).get(f"{c.method}.margin")) for c in cells]
+    assert margins[:2] == [("triplet", "0.1"), ("triplet", "0.3")]
+    assert ("atl", "1.0") in margins and ("baseline", None) in margins
+    assert {c.backbone for c in cells} == {"tiny"}
+    table1 = table_cells([TABLES["table1"]], 1, {}, BASE, "tiny")  # its backbones are its subject
+    assert [c.backbone for c in table1][:2] == ["vgg11_bn", "vgg13_bn"]
+
+
+def test_cell_json_round_trip():
+    cell = Cell("atl", "tiny", 3, "smoke", sets=(("atl.margin", "0.3"),))
+    assert Cell.from_json(cell.to_json()) == cell
+
+
+def _grid(out, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "bmdbench.cli",
+        "grid",
+        "table2",
+        "--preset",
+        "smoke",
+        "--seeds",
+        "2",
+        "--backbones",
+        "tiny",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+def test_killed_grid_resumes_and_runs_every_cell_once(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        _grid(tmp_path), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    time.sleep(random.uniform(4.0, 9.0))  # somewhere between the first and the last cell
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(_grid(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "12 of 12 cells done, 0 failed" in done.stdout
+
+    records = list(store.iter_records(tmp_path))
+    assert len(records) == 12 and all(r["status"] == "ok" for r in records)
+    leftovers = [p.name for p in store.runs_dir(tmp_path).iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+    (events,) = (tmp_path / "grids").glob("*.events.jsonl")
+    ends = [json.loads(line) for line in events.read_text().splitlines()]
+    trained = collections.Counter(e["key"] for e in ends if e["event"] == "end" and not e["reused"])
+    assert len(trained) == 12 and set(trained.values()) == {1}  # no cell trained twice
+
+    again = subprocess.run(_grid(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    assert "12 already done" in again.stdout and "12 of 12 cells done" in again.stdout
