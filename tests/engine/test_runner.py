@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from bmdbench import runner
+from bmdbench.backbones import backbone_names
 from bmdbench.config import resolve
 from bmdbench.methods.supervised import Baseline
 from bmdbench.metrics import METRIC_KEYS
@@ -89,3 +91,14 @@ def test_checkpoint_loads_with_weights_only(tmp_path):
     outcome = execute(run("baseline"), tmp_path, show_progress=False)
     state = torch.load(outcome.run_dir / "checkpoint.pt", weights_only=True)
     assert any(k.startswith("regressor.head") for k in state)
+
+
+@pytest.mark.parametrize("backbone", backbone_names())
+def test_smoke_run_on_every_backbone(tmp_path, monkeypatch, imageset_factory, backbone):
+    """The smoke preset end to end (32 px, the real smoke schedule shortened to one epoch)."""
+    monkeypatch.setattr(runner, "load_images", lambda cfg: imageset_factory(size=32))
+    overrides = {"split.val": "8", "split.test": "8", "stage1.epochs": "1"}
+    cfg = resolve("atl", backbone, "smoke", overrides, device="cpu")
+    record = execute(cfg, tmp_path, show_progress=False).record
+    assert record["status"] == "ok" and record["backbone"] == backbone
+    assert np.isfinite(record["metrics"]["test"]["rmse"])
