@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 import bmdbench
+from bmdbench import store
 from bmdbench.errors import BmdError
 
 app = typer.Typer(
@@ -264,8 +265,13 @@ def table(
         str | None, typer.Option("--backbones", help="The backbone that replaced vgg11_bn_se.")
     ] = None,
     set_: Sets = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="With 'tune': the study to export.")
+    ] = None,
+    storage: Storage = None,
 ) -> None:
-    """Print a paper table from the runs under OUT and write OUT/tables/<table>.<ext>."""
+    """Print a paper table (or a study's trials: tune --study NAME) from the runs under OUT
+    and write OUT/tables/<table>.<ext>."""
     from bmdbench.config import to_dict
     from bmdbench.errors import ConfigError
     from bmdbench.paper_tables import select
@@ -275,6 +281,9 @@ def table(
     formats = FORMATS if fmt is None else (fmt,)
     if fmt is not None and fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}", f"use one of: {', '.join(FORMATS)}")
+    if name == "tune":
+        _table_tune(study, storage, out, formats)
+        return
     runs = load_runs(out)
     for paper_table in select(name):
         cells = _grid_cells(
@@ -291,6 +300,152 @@ def table(
         out_console.print(rich_table)
         for f in formats:
             print(write(data_, f, out / "tables"))
+
+
+@app.command()
+def tune(
+    kind: Annotated[str, typer.Argument(help="margin | lambda | consistency | lr | ema | all.")],
+    method: Annotated[
+        str | None,
+        typer.Option(
+            "--method",
+            "-m",
+            help="Method to tune (default: atl for margin/lambda, "
+            "mean_teacher for ema, proposed otherwise).",
+        ),
+    ] = None,
+    backbone: Backbone = "vgg11_bn_se",
+    n_trials: Annotated[int, typer.Option("--n-trials", help="Trials to add to the study.")] = 20,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", help="Stop starting trials after S seconds.")
+    ] = None,
+    storage: Storage = None,
+    study: Annotated[
+        str | None, typer.Option("--study", help="Study name (default: derived from the search).")
+    ] = None,
+    preset: Preset = None,
+    data: Data = "synthetic",
+    unlabeled: Unlabeled = None,
+    seed: Seed = 0,
+    out: Out = Path("results"),
+    set_: Sets = None,
+    device: Device = "auto",
+    equal_budget: Annotated[
+        int | None,
+        typer.Option(
+            "--equal-budget",
+            help="Tune each of --methods with exactly N trials, then compare them on test.",
+        ),
+    ] = None,
+    methods: Annotated[
+        str | None, typer.Option("--methods", help="With --equal-budget: comma-separated methods.")
+    ] = None,
+    seeds: Annotated[
+        int, typer.Option("--seeds", help="With --equal-budget: seeds of the final comparison.")
+    ] = 3,
+) -> None:
+    """Search hyperparameters with Optuna (objective: validation R); re-running continues."""
+    from bmdbench.config import default_preset, parse_set
+    from bmdbench.dispatch import default_storage
+    from bmdbench.errors import ConfigError
+    from bmdbench.tables import markdown_table
+    from bmdbench.tune import (
+        DEFAULT_METHOD,
+        Search,
+        compare_tuned,
+        equal_budget_best,
+        open_study,
+        run_search,
+        search_space,
+        summarise,
+    )
+
+    url = storage or default_storage(out)
+    sets = tuple(sorted(parse_set(set_ or []).items()))
+
+    def search_for(name: str) -> Search:
+        search = Search(
+            kind, name, backbone, preset or default_preset(), data, unlabeled, seed, device, sets
+        )
+        search_space(search.method, search.kind)  # an impossible search fails before any work
+        return search
+
+    if equal_budget is not None:
+        if equal_budget < 1 or not _names(methods):
+            raise ConfigError(
+                "--equal-budget needs a positive trial count and --methods",
+                "e.g. bmdbench tune all --equal-budget 10 --methods pi_model,mean_teacher,proposed",
+            )
+        searches = [search_for(m) for m in _names(methods)]
+        best = equal_budget_best(searches, equal_budget, url, out, out_console)
+        frame = compare_tuned(best, searches[0], seeds, url, out, out_console)
+        title = (
+            f"Tuned with {equal_budget} trials each ({kind}), compared on test over {seeds} seeds"
+        )
+        text = markdown_table(
+            frame, title, f"Measured with bmdbench tune {kind} --equal-budget {equal_budget}."
+        )
+        out_console.print(text)
+        path = out / "tables" / f"equal-budget-{kind}-{'-'.join(best)}.md"
+        store.write_text(path, text)
+        print(path)
+        return
+    if methods:
+        raise ConfigError("--methods goes with --equal-budget", "use --method NAME for one search")
+    if n_trials < 1:
+        raise ConfigError(
+            f"--n-trials {n_trials} is not a positive count", "give --n-trials 1 or more"
+        )
+    search = search_for(method or DEFAULT_METHOD.get(kind, "proposed"))
+    opened = open_study(search, url, study or search.study_name())
+    out_console.print(
+        f"study [bold]{opened.study_name}[/] in {url}: {len(opened.trials)} trials so far; "
+        f"searching {', '.join(search_space(search.method, search.kind))}"
+    )
+    run_search(search, opened, n_trials, timeout, out, out_console)
+    summarise(opened, out, out_console)
+    for fmt in ("md", "latex", "csv"):
+        print(_write_trials(opened, fmt, out))
+
+
+def _write_trials(study: object, fmt: str, out: Path) -> Path:
+    from bmdbench.tables import EXTENSIONS, csv_table, latex_table, markdown_table
+    from bmdbench.tune import trials_frame
+
+    frame = trials_frame(study)  # type: ignore[arg-type]
+    name = study.study_name  # type: ignore[attr-defined]
+    title = f"Trials of study {name}"
+    footer = f"Objective: validation Pearson R. Runs in {out / 'runs'}."
+    text = {
+        "md": lambda: markdown_table(frame, title, footer),
+        "latex": lambda: latex_table(frame.astype(str), title, footer, name),
+        "csv": lambda: csv_table(frame.reset_index(), footer),
+    }[fmt]()
+    path = out / "tables" / f"{name}.{EXTENSIONS[fmt]}"
+    store.write_text(path, text)
+    return path
+
+
+def _table_tune(
+    study: str | None, storage: str | None, out: Path, formats: tuple[str, ...]
+) -> None:
+    import optuna
+
+    from bmdbench.dispatch import default_storage, open_storage
+    from bmdbench.errors import ConfigError
+    from bmdbench.tune import summarise
+
+    url = storage or default_storage(out)
+    names = optuna.get_all_study_names(open_storage(url))
+    if study not in names:
+        raise ConfigError(
+            f"no study {study!r} in {url}",
+            f"give --study one of: {', '.join(n for n in names if n.startswith('tune-')) or '(none yet)'}",
+        )
+    loaded = optuna.load_study(study_name=study, storage=open_storage(url))
+    summarise(loaded, out, out_console)
+    for fmt in formats:
+        print(_write_trials(loaded, fmt, out))
 
 
 @app.command()

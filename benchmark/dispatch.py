@@ -20,7 +20,7 @@ import os
 import socket
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +47,13 @@ def default_storage(out: Path) -> str:
     return f"sqlite:///{(out / 'bmdbench.db').resolve()}"
 
 
-def open_storage(url: str) -> RDBStorage:
-    """An Optuna RDB storage with heartbeats; a bad URL is a user error."""
+def open_storage(
+    url: str, on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None
+) -> RDBStorage:
+    """An Optuna RDB storage with heartbeats; a bad URL is a user error.
+
+    ``on_stale`` is told of each trial failed for a stale heartbeat (default: queue
+    the grid cell again)."""
     kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
@@ -59,7 +64,7 @@ def open_storage(url: str) -> RDBStorage:
                 url,
                 heartbeat_interval=HEARTBEAT_S,
                 grace_period=GRACE_S,
-                heartbeat_stale_trial_callback=_requeue_stale,
+                heartbeat_stale_trial_callback=on_stale or _requeue_stale,
                 **kwargs,
             )
     except Exception as exc:  # sqlalchemy raises many kinds for a bad URL or server

@@ -29,7 +29,14 @@ from bmdbench.data.splits import Split, make_split
 from bmdbench.errors import BmdError, DataError
 from bmdbench.methods import METHODS, Method, Regressor
 from bmdbench.metrics import METRIC_KEYS
-from bmdbench.trainer import Diverged, Trainer, resolve_device, seed_everything
+from bmdbench.trainer import (
+    Diverged,
+    EpochCallback,
+    Stopped,
+    Trainer,
+    resolve_device,
+    seed_everything,
+)
 
 
 class RunFailed(Exception):
@@ -102,12 +109,16 @@ def execute(
     console: Console | None = None,
     show_progress: bool = True,
     reuse: bool = False,
+    on_epoch: EpochCallback | None = None,
+    study: dict[str, Any] | None = None,
 ) -> RunOutcome:
     """Run ``cfg`` and write its run directory under ``out/runs``.
 
     With ``reuse``, a finished run (status ok) of the same config hash is returned
     as it is. A stage-2 method always reuses (or first runs) its stage-1 parent.
-    Raises :class:`RunFailed` after writing the record of a diverged or failed run.
+    ``on_epoch`` sees this run's validation metrics after every epoch and may stop it
+    (status ``pruned``); ``study`` (name, trial) links a search trial's record to its study.
+    Raises :class:`RunFailed` after writing the record of a diverged, pruned or failed run.
     """
     console = console or Console()
     images, split, chash = _identify(cfg)
@@ -126,18 +137,23 @@ def execute(
     started = time.perf_counter()
     staging = store.staging_dir(out, name)
     try:
-        record = _train(cfg, images, split, device, staging, parent, console, show_progress)
+        record = _train(
+            cfg, images, split, device, staging, parent, console, show_progress, on_epoch
+        )
     except BmdError:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     except Diverged as exc:
         record = {"status": "diverged", "error": str(exc)}
+    except Stopped as exc:
+        record = {"status": "pruned", "error": str(exc) or "stopped early by its search"}
     except Exception as exc:  # a bug or a resource problem: recorded, then re-raised as RunFailed
         (staging / "traceback.txt").write_text(traceback.format_exc())
         record = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     record.update(
         _identity(cfg, chash, name, images, split, parent, device),
         timings={**record.get("timings", {}), "total_s": round(time.perf_counter() - started, 2)},
+        study=study,
     )
     store.write_json(staging / store.RECORD, record)
     store.publish(staging, final)
@@ -188,6 +204,7 @@ def _train(
     parent: RunOutcome | None,
     console: Console,
     show_progress: bool,
+    on_epoch: EpochCallback | None,
 ) -> dict[str, Any]:
     generator = seed_everything(cfg.seed)
     if device.type == "cpu":
@@ -199,7 +216,13 @@ def _train(
     trainer = Trainer(device, run_dir / "epochs.jsonl", console, show_progress)
     stage = cfg.stage2 if method.stage == 2 else cfg.stage1
     result = trainer.fit(
-        method, data, stage, BatchAugment(cfg.augment), generator, select_initial=parent is not None
+        method,
+        data,
+        stage,
+        BatchAugment(cfg.augment),
+        generator,
+        select_initial=parent is not None,
+        on_epoch=on_epoch,
     )
     torch.save(result.state_dict, run_dir / store.CHECKPOINT)
     for part in ("val", "test"):

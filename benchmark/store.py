@@ -5,12 +5,12 @@ name and renamed into place only once its ``record.json`` is written, so a
 run directory without a final record never exists and is never counted.
 
 ``record.json`` (format 1) holds: ``name``, ``method``, ``backbone``,
-``preset``, ``seed``, ``status`` (``ok`` | ``diverged`` | ``failed``),
+``preset``, ``seed``, ``status`` (``ok`` | ``diverged`` | ``pruned`` | ``failed``),
 ``error``, ``config`` (resolved) and ``config_hash``, ``parent_run``, ``data``
 (source, fingerprints, split sizes, unit), ``metrics`` with ``val`` and
 ``test`` dicts keyed by :data:`bmdbench.metrics.METRIC_KEYS`,
 ``selected_epoch``, ``diagnostics``, ``timings``, ``versions``, ``git_sha``,
-``device`` and ``created``.
+``device``, ``created`` and ``study`` (``{"name", "trial"}`` for a search trial, else null).
 """
 
 from __future__ import annotations

@@ -178,29 +178,42 @@ def display_frame(data: TableData, style: str) -> pd.DataFrame:
 
 
 def to_markdown(data: TableData) -> str:
-    frame = display_frame(data, "md")
-    if isinstance(frame.columns, pd.MultiIndex):
-        frame.columns = [" ".join(c) for c in frame.columns]
-    return f"**{data.table.title}**\n\n{frame.to_markdown()}\n\n{data.footer}\n"
+    return markdown_table(display_frame(data, "md"), data.table.title, data.footer)
 
 
 def to_latex(data: TableData) -> str:
-    frame = display_frame(data, "latex")
+    return latex_table(display_frame(data, "latex"), data.table.title, data.footer, data.table.name)
+
+
+def to_csv(data: TableData) -> str:
+    return csv_table(data.tidy, data.footer)
+
+
+def markdown_table(frame: pd.DataFrame, title: str, footer: str) -> str:
+    """A titled Markdown table with its footer line."""
+    if isinstance(frame.columns, pd.MultiIndex):
+        frame = frame.set_axis([" ".join(c) for c in frame.columns], axis=1)
+    return f"**{title}**\n\n{frame.to_markdown()}\n\n{footer}\n"
+
+
+def latex_table(frame: pd.DataFrame, title: str, footer: str, label: str) -> str:
+    """A booktabs table float (cells already LaTeX; labels escaped here), footer as a comment."""
     frame = frame.rename(index=_latex_escape, columns=_latex_escape)
     frame.index.name = _latex_escape(frame.index.name) if frame.index.name else None
     body = frame.style.to_latex(
         hrules=True,
         multicol_align="c",
         column_format="l" + "r" * frame.shape[1],
-        caption=_latex_escape(data.table.title),
-        label=f"tab:{data.table.name}",
+        caption=_latex_escape(title),
+        label=f"tab:{label}",
         position_float="centering",
     )
-    return body + f"% {data.footer}\n"
+    return body + f"% {footer}\n"
 
 
-def to_csv(data: TableData) -> str:
-    return data.tidy.to_csv(index=False, float_format="%.6g") + f"# {data.footer}\n"
+def csv_table(frame: pd.DataFrame, footer: str) -> str:
+    """Plain numbers, the footer as a last ``#`` line (``pd.read_csv(..., comment="#")``)."""
+    return frame.to_csv(index=False, float_format="%.6g") + f"# {footer}\n"
 
 
 def _latex_escape(text: object) -> str:
@@ -217,10 +230,12 @@ def _latex_escape(text: object) -> str:
     return out
 
 
+EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv"}
+
+
 def write(data: TableData, fmt: str, folder: Path) -> Path:
     """Write one format of the table to ``folder/<table>.<ext>`` (atomically)."""
-    ext = {"md": "md", "latex": "tex", "csv": "csv"}[fmt]
     text = {"md": to_markdown, "latex": to_latex, "csv": to_csv}[fmt](data)
-    path = folder / f"{data.table.name}.{ext}"
+    path = folder / f"{data.table.name}.{EXTENSIONS[fmt]}"
     store.write_text(path, text)
     return path

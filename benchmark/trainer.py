@@ -71,6 +71,14 @@ class Diverged(Exception):
         self.losses = losses
 
 
+class Stopped(Exception):
+    """Raised by an ``on_epoch`` callback to end a run early (a pruned search trial)."""
+
+
+EpochCallback = Callable[[int, dict[str, float]], None]
+# ^ called after every epoch with (epoch, validation metrics); may raise Stopped
+
+
 @dataclass
 class FitResult:
     """Everything a stage produced, all metrics from the selected checkpoint."""
@@ -121,11 +129,13 @@ class Trainer:
         augment: BatchAugment,
         generator: torch.Generator,
         select_initial: bool = False,
+        on_epoch: EpochCallback | None = None,
     ) -> FitResult:
         """Train ``method`` for ``stage.epochs`` epochs and score the selected checkpoint.
 
         ``select_initial``: the weights before the first epoch (stage-1 weights of a
         fine-tuning stage) are a candidate for selection too (epoch 0).
+        ``on_epoch``: told each epoch's validation metrics; raising :class:`Stopped` ends the run.
         """
         method = self.prepare(method)
         with_unlabeled = method.stage == 2
@@ -199,6 +209,8 @@ class Trainer:
                 record["best_epoch"] = best_epoch
                 history.append(record)
                 self._log(record)
+                if on_epoch is not None:
+                    on_epoch(epoch + 1, ctx.val)
                 progress.update(
                     epochs_task,
                     advance=1,

@@ -65,6 +65,21 @@ class FitContext:
 
 
 @dataclass(frozen=True)
+class Range:
+    """A hyperparameter's search range for ``bmdbench tune``."""
+
+    kind: str  # what `bmdbench tune KIND` searches it under: margin | lambda | consistency | ema
+    low: float
+    high: float
+    log: bool = False  # sample on a log scale
+
+
+MARGIN = Range("margin", 0.05, 1.5)  # covers Table 3's margins 0.1–1.0
+TRIPLET_WEIGHT = Range("lambda", 0.05, 2.0, log=True)
+CONSISTENCY_WEIGHT = Range("consistency", 0.1, 10.0, log=True)
+
+
+@dataclass(frozen=True)
 class NoParams:
     """This method has no hyperparameters."""
 
@@ -82,6 +97,7 @@ class Method(nn.Module):
     """
 
     Params: ClassVar[type] = NoParams
+    search_space: ClassVar[dict[str, Range]] = {}  # Params field → its search range
     stage: ClassVar[int] = 1
     unsupervised_terms: ClassVar[tuple[str, ...]] = ()
 

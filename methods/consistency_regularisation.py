@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from bmdbench.data.module import Batch
-from bmdbench.methods.base import METHODS, FitContext, Method, Regressor
+from bmdbench.methods.base import (
+    CONSISTENCY_WEIGHT,
+    METHODS,
+    FitContext,
+    Method,
+    Range,
+    Regressor,
+)
 from bmdbench.methods.losses import gaussian_rampup, masked_mse
 
 
@@ -29,6 +37,7 @@ class ConsistencyParams:
 class _Consistency(Method):
     stage = 2
     unsupervised_terms = ("consistency",)
+    search_space: ClassVar[dict[str, Range]] = {"consistency_weight": CONSISTENCY_WEIGHT}
 
     def unsup_weight(self, ctx: FitContext) -> float:
         ramp = ctx.progress / self.params.rampup if self.params.rampup > 0 else 1.0
@@ -116,6 +125,10 @@ class MeanTeacher(_Consistency):
     """Mean teacher: the student matches an EMA-of-weights teacher; the teacher is evaluated."""
 
     Params = MeanTeacherParams
+    search_space: ClassVar[dict[str, Range]] = {
+        "consistency_weight": CONSISTENCY_WEIGHT,
+        "ema_decay": Range("ema", 0.99, 0.9999),
+    }
 
     def __init__(self, regressor: Regressor, params: MeanTeacherParams) -> None:
         super().__init__(regressor, params)

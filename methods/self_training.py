@@ -8,7 +8,15 @@ from typing import ClassVar
 import torch
 
 from bmdbench.data.module import Batch
-from bmdbench.methods.base import METHODS, FitContext, Method
+from bmdbench.methods.base import (
+    CONSISTENCY_WEIGHT,
+    MARGIN,
+    METHODS,
+    TRIPLET_WEIGHT,
+    FitContext,
+    Method,
+    Range,
+)
 from bmdbench.methods.losses import batch_triplet_loss, consistency, masked_mse
 
 
@@ -87,6 +95,7 @@ class PseudoLabelATL(_PseudoLabel):
     """Pseudo labels predicted once by the ATL model; MSE + λ·ATL on both (SSL + ATL)."""
 
     Params = PseudoLabelATLParams
+    search_space: ClassVar[dict[str, Range]] = {"margin": MARGIN, "weight": TRIPLET_WEIGHT}
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,11 @@ class SelfTraining(_PseudoLabels):
     """The paper's self-training: pseudo labels refreshed when val R rises and MSE falls (Alg. 1)."""
 
     Params = SelfTrainingParams
+    search_space: ClassVar[dict[str, Range]] = {
+        "margin": MARGIN,
+        "weight": TRIPLET_WEIGHT,
+        "consistency_weight": CONSISTENCY_WEIGHT,
+    }
     unsupervised_terms = ("mse_pseudo", "consistency")
 
     def on_stage_start(self, ctx: FitContext) -> None:
@@ -151,3 +165,4 @@ class SelfTrainingNoConsistency(SelfTraining):
     """The paper's self-training without the consistency loss (λ′ = 0), Table 4's ablation."""
 
     Params = NoConsistencyParams
+    search_space: ClassVar[dict[str, Range]] = {"margin": MARGIN, "weight": TRIPLET_WEIGHT}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from bmdbench.data.module import Batch
-from bmdbench.methods.base import METHODS, FitContext, Method
+from bmdbench.methods.base import MARGIN, METHODS, TRIPLET_WEIGHT, FitContext, Method, Range
 from bmdbench.methods.losses import batch_triplet_loss, masked_mse
 
 
@@ -30,6 +31,7 @@ class TripletParams:
 class _TripletMethod(Method):
     adaptive: bool
     Params = TripletParams
+    search_space: ClassVar[dict[str, Range]] = {"margin": MARGIN, "weight": TRIPLET_WEIGHT}
 
     def training_step(self, batch: Batch, ctx: FitContext) -> dict[str, torch.Tensor]:
         embedding, pred = self.regressor(ctx.augment(batch.images))

@@ -1,0 +1,308 @@
+"""Optuna searches over a method's hyperparameters (``bmdbench tune``).
+
+Each method declares its search space next to its Params dataclass
+(``Method.search_space``); the stage learning rate is searchable for every
+method. The objective is the validation Pearson R of a normal run (the test
+split is never looked at during a search); each epoch's validation R is
+reported so that the median pruner stops hopeless trials.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from bmdbench import store
+from bmdbench.config import resolve, stable_hash
+from bmdbench.dispatch import open_storage
+from bmdbench.errors import ConfigError
+from bmdbench.methods import METHODS
+from bmdbench.methods.base import Range
+from bmdbench.runner import RunFailed, execute
+from bmdbench.trainer import Stopped
+
+KINDS = ("margin", "lambda", "consistency", "lr", "ema", "all")
+DEFAULT_METHOD = {
+    "margin": "atl",
+    "lambda": "atl",
+    "consistency": "proposed",
+    "lr": "proposed",
+    "ema": "mean_teacher",
+    "all": "proposed",
+}
+LR = Range("lr", 1e-6, 1e-3, log=True)  # the learning rate of the method's own stage
+PRUNER_WARMUP = 2  # epochs a trial runs before the median pruner may stop it
+
+
+def search_space(method: str, kind: str) -> dict[str, Range]:
+    """Dotted ``--set`` keys → ranges that ``kind`` searches for ``method``."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown search {kind!r}", f"use one of: {', '.join(KINDS)}")
+    spec = METHODS.get(method)
+    space = {f"{method}.{name}": r for name, r in spec.search_space.items()}
+    space[f"stage{spec.stage}.lr"] = LR
+    chosen = space if kind == "all" else {k: r for k, r in space.items() if r.kind == kind}
+    if not chosen:
+        has = [
+            n for n in METHODS if any(r.kind == kind for r in METHODS.get(n).search_space.values())
+        ]
+        raise ConfigError(
+            f"{method} has no {kind} hyperparameter to search",
+            f"pick --method among {', '.join(has)}",
+        )
+    return chosen
+
+
+@dataclass(frozen=True)
+class Search:
+    """What one study searches, on which data; its default study name derives from it."""
+
+    kind: str
+    method: str
+    backbone: str
+    preset: str
+    data: str = "synthetic"
+    unlabeled: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    sets: tuple[tuple[str, str], ...] = ()
+
+    def study_name(self) -> str:
+        digest = stable_hash({k: v for k, v in asdict(self).items() if k != "device"})[:8]
+        return f"tune-{self.kind}-{self.method}-{self.backbone}-{self.preset}-{digest}"
+
+
+def open_study(search: Search, storage: str, name: str) -> optuna.Study:
+    """Create or continue the study; a trial whose worker died is retried (twice at most)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        rdb = open_storage(storage, on_stale=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+        study = optuna.create_study(
+            storage=rdb,
+            study_name=name,
+            load_if_exists=True,
+            direction="maximize",
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=PRUNER_WARMUP),
+        )
+    # seeded by the history, so that a continued study does not repeat its first trials
+    study.sampler = optuna.samplers.TPESampler(seed=search.seed + len(study.trials))
+    study.set_user_attr("search", asdict(search))
+    return study
+
+
+def run_search(
+    search: Search,
+    study: optuna.Study,
+    n_trials: int | None,
+    timeout: float | None,
+    out: Path,
+    console: Console,
+) -> None:
+    """Run ``n_trials`` more trials (or until ``timeout`` seconds) of ``search`` in ``study``."""
+    space = search_space(search.method, search.kind)
+
+    def objective(trial: optuna.Trial) -> float:
+        params = {k: trial.suggest_float(k, r.low, r.high, log=r.log) for k, r in space.items()}
+        cfg = resolve(
+            search.method,
+            search.backbone,
+            search.preset,
+            {**dict(search.sets), **params},
+            data=search.data,
+            unlabeled=search.unlabeled,
+            seed=search.seed,
+            device=search.device,
+        )
+
+        def report(epoch: int, val: dict[str, float]) -> None:
+            trial.report(val["pearson_r"], epoch)
+            if trial.should_prune():
+                raise Stopped(f"pruned at epoch {epoch} (validation R {val['pearson_r']:.4f})")
+
+        try:
+            outcome = execute(
+                cfg,
+                out,
+                Console(quiet=True),
+                show_progress=False,
+                reuse=True,
+                on_epoch=report,
+                study={"name": study.study_name, "trial": trial.number},
+            )
+        except RunFailed as exc:
+            trial.set_user_attr("run", exc.run_dir.name)
+            trial.set_user_attr("status", exc.status)
+            console.print(f"trial {trial.number}: {_params(params)} → {exc.status}")
+            if exc.status == "pruned":
+                raise optuna.TrialPruned() from None
+            raise
+        trial.set_user_attr("run", outcome.run_dir.name)
+        trial.set_user_attr("status", "ok")
+        value = float(outcome.record["metrics"]["val"]["pearson_r"])
+        console.print(f"trial {trial.number}: {_params(params)} → validation R {value:.4f}")
+        return value
+
+    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(RunFailed,))
+
+
+def _params(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4g}" for k, v in params.items())
+
+
+def trials_frame(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: number, state, searched parameters, validation R, run."""
+    rows = []
+    for t in study.trials:
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name.lower(),
+                **{k: v for k, v in t.params.items()},
+                "val R": t.value if t.value is not None else float("nan"),
+                "run": t.user_attrs.get("run", ""),
+            }
+        )
+    return pd.DataFrame(rows).set_index("trial")
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    return max(complete, key=lambda t: t.value or float("-inf")) if complete else None
+
+
+def summarise(study: optuna.Study, out: Path, console: Console) -> dict[str, Any] | None:
+    """Print the trials and the best one (with its test metrics, read once, now); write the
+    plots next to the study. Returns the best trial's run record."""
+    frame = trials_frame(study)
+    table = Table(title=f"study {study.study_name}: {len(frame)} trials")
+    for column in ["trial", *frame.columns]:
+        table.add_column(column)
+    for number, row in frame.iterrows():
+        table.add_row(str(number), *(_cell(v) for v in row))
+    console.print(table)
+    best = best_trial(study)
+    if best is None:
+        console.print("no trial has finished yet")
+        return None
+    record = store.read_record(store.runs_dir(out) / best.user_attrs["run"])
+    assert record is not None
+    test = record["metrics"]["test"]
+    console.print(
+        f"best trial {best.number}: {_params(best.params)}; validation R {best.value:.4f}; "
+        f"test R {test['pearson_r']:.4f}, RMSE {test['rmse']:.4f} ({record['data']['unit']})"
+    )
+    for path in plot_study(study, study_dir(out, study.study_name)):
+        console.print(f"wrote {path}")
+    return record
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def study_dir(out: Path, name: str) -> Path:
+    return out / "studies" / name
+
+
+def plot_study(study: optuna.Study, folder: Path) -> list[Path]:
+    """The optimisation history and the objective against each searched parameter."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for name, draw in (
+            ("history", ovm.plot_optimization_history),
+            ("objective", ovm.plot_slice),
+        ):
+            axes = draw(study)
+            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+            figure.set_size_inches(max(5.0, 4.0 * len(study.best_params)), 4.0)
+            for ext in ("png", "pdf"):
+                path = folder / f"{name}.{ext}"
+                figure.savefig(path, dpi=150, bbox_inches="tight")
+                written.append(path)
+            plt.close(figure)
+    return written
+
+
+def equal_budget_best(
+    searches: Sequence[Search], n_trials: int, storage: str, out: Path, console: Console
+) -> dict[str, dict[str, str]]:
+    """Tune every method with exactly ``n_trials`` finished trials; their best --set values."""
+    best: dict[str, dict[str, str]] = {}
+    for search in searches:
+        study = open_study(search, storage, search.study_name())
+        done = sum(1 for t in study.trials if t.state.is_finished())
+        console.print(f"[bold]{search.method}[/]: {done} of {n_trials} trials done")
+        if done < n_trials:
+            run_search(search, study, n_trials - done, None, out, console)
+        trial = best_trial(study)
+        if trial is None:
+            raise ConfigError(
+                f"no trial of {search.method} finished",
+                "look at the failed runs' records, then run the command again",
+            )
+        best[search.method] = {k: repr(v) for k, v in trial.params.items()}
+    return best
+
+
+def compare_tuned(
+    best: dict[str, dict[str, str]],
+    base: Search,
+    seeds: int,
+    storage: str,
+    out: Path,
+    console: Console,
+) -> pd.DataFrame:
+    """Run each method with its tuned settings over ``seeds`` seeds (a grid) and compare them
+    on test: mean ± SD, bootstrap CI, paired test against the first method."""
+    from bmdbench.config import to_dict
+    from bmdbench.grid import Cell, make_cell, make_plan, print_plan, run_grid
+    from bmdbench.results import cell_runs, cell_stats, load_runs, read_predictions, signature
+
+    template = Cell("", base.backbone, 0, base.preset, base.data, base.unlabeled, base.device)
+    common = dict(base.sets)
+    cells = {
+        m: [make_cell(template, m, base.backbone, s, {**common, **p}) for s in range(seeds)]
+        for m, p in best.items()
+    }
+    plan = make_plan([c for group in cells.values() for c in group], out)
+    print_plan(console, plan)
+    run_grid(plan, out, storage, 1, False, console)
+    runs = load_runs(out)
+    rows, reference = [], None
+    for method, group in cells.items():
+        frame = cell_runs(runs, [signature(to_dict(group[0].config()))])
+        if frame.empty:
+            continue
+        predictions = read_predictions(frame)
+        st = cell_stats(predictions, reference)
+        reference = reference or predictions
+        rows.append(
+            {
+                "method": method,
+                "tuned": ", ".join(f"{k}={float(v):.4g}" for k, v in best[method].items()),
+                "seeds": len(frame),
+                "R": f"{st.r_mean:.4f} ± {st.r_sd:.4f}",
+                "RMSE": f"{st.rmse_mean:.4f} ± {st.rmse_sd:.4f}",
+                "R 95% CI": f"[{st.r_ci[0]:.3f}, {st.r_ci[1]:.3f}]",
+                f"ΔR vs {next(iter(best))}": "—"
+                if st.delta_r is None
+                else f"{st.delta_r:+.4f} (p={st.p_value:.3f})",
+            }
+        )
+    return pd.DataFrame(rows).set_index("method")
