@@ -67,6 +67,11 @@ def open_storage(
                 heartbeat_stale_trial_callback=on_stale or _requeue_stale,
                 **kwargs,
             )
+    except ImportError:
+        raise ConfigError(
+            f"the database driver for {url.split(':', 1)[0]} is not installed",
+            'pip install "bmdbench[postgres]" (PostgreSQL) or use a sqlite:/// URL',
+        ) from None
     except Exception as exc:  # sqlalchemy raises many kinds for a bad URL or server
         raise ConfigError(
             f"cannot open storage {url!r}: {type(exc).__name__}: {exc}",

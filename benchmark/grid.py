@@ -153,7 +153,8 @@ def make_plan(cells: Sequence[Cell], out: Path) -> Plan:
     remaining = [c for c in cells if c.key not in done]
     guesses = [seconds.get((c.preset, _stage(c), c.backbone)) for c in remaining]
     estimate = None if any(g is None for g in guesses) else float(sum(g or 0 for g in guesses))
-    name = "grid-" + stable_hash(sorted(c.key for c in cells))[:16]
+    # a grid is its cells written to one output root (workers on several machines share it)
+    name = "grid-" + stable_hash([str(out.resolve()), sorted(c.key for c in cells)])[:16]
     return Plan(name, cells, done, len(parents & done), estimate)
 
 

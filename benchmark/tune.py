@@ -84,7 +84,9 @@ def open_study(search: Search, storage: str, name: str) -> optuna.Study:
     """Create or continue the study; a trial whose worker died is retried (twice at most)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        rdb = open_storage(storage, on_stale=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2))
+        rdb = open_storage(
+            storage, on_stale=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
+        )
         study = optuna.create_study(
             storage=rdb,
             study_name=name,
@@ -215,6 +217,7 @@ def study_dir(out: Path, name: str) -> Path:
 def plot_study(study: optuna.Study, folder: Path) -> list[Path]:
     """The optimisation history and the objective against each searched parameter."""
     import matplotlib
+    import matplotlib.figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -229,7 +232,8 @@ def plot_study(study: optuna.Study, folder: Path) -> list[Path]:
             ("objective", ovm.plot_slice),
         ):
             axes = draw(study)
-            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+            figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure(root=True)
+            assert isinstance(figure, matplotlib.figure.Figure)
             figure.set_size_inches(max(5.0, 4.0 * len(study.best_params)), 4.0)
             for ext in ("png", "pdf"):
                 path = folder / f"{name}.{ext}"

@@ -135,7 +135,7 @@ def test_markdown_and_csv(table4_runs):
     assert len(rows) == 8 and len({row.count("|") for row in rows}) == 1
     assert "0.8805" in md and "Proposed w/o Consistency" in md
     frame = pd.read_csv(__import__("io").StringIO(to_csv(data)), comment="#")
-    assert list(frame["label"])[0] == "Baseline" and (frame["seeds"] == 2).all()
+    assert frame["label"].iloc[0] == "Baseline" and (frame["seeds"] == 2).all()
     best = frame.loc[frame["r_mean"].idxmax(), "label"]
     assert re.search(rf"\*\*{frame['r_mean'].max():.4f}", md) and best
 
@@ -148,7 +148,9 @@ def test_table_without_runs_shows_dashes(tmp_path):
 def test_plot_writes_figure2_bland_altman_and_learning_curve(table4_runs, tmp_path):
     from bmdbench.plots import plot_run
 
-    run_dir = next(p for p in store.runs_dir(table4_runs).iterdir() if p.name.startswith("proposed"))
+    run_dir = next(
+        p for p in store.runs_dir(table4_runs).iterdir() if p.name.startswith("proposed")
+    )
     written = plot_run(run_dir, tmp_path / "figs")
     names = sorted(p.name for p in written)
     assert names == sorted(
