@@ -489,6 +489,44 @@ def list_backbones() -> None:
     out_console.print("Any other timm model name works too (timm.list_models()).")
 
 
+@list_app.command("runs")
+def list_runs(
+    out: Out = Path("results"),
+    csv: Annotated[bool, typer.Option("--csv", help="Every column of the store, as CSV.")] = False,
+) -> None:
+    """Finished runs under OUT: method, seed, status, test R and RMSE, pseudo-label error."""
+    import pandas as pd
+
+    from bmdbench.results import load_runs
+
+    runs = load_runs(out)
+    if csv:
+        print(runs.to_csv(index=False), end="")
+        return
+    headers = {
+        "method": "method",
+        "backbone": "backbone",
+        "preset": "preset",
+        "seed": "seed",
+        "status": "status",
+        "test_pearson_r": "test R",
+        "test_rmse": "test RMSE",
+        "pseudo_rmse": "pseudo RMSE",
+        "pseudo_r": "pseudo R",
+        "pseudo_refreshes": "refreshes",
+    }
+    shown = [c for c in headers if c in runs.columns]
+    table = Table(*(headers[c] for c in shown), title=f"{len(runs)} runs in {out / 'runs'}")
+    for _, row in runs.iterrows():
+        table.add_row(
+            *(
+                "—" if pd.isna(v) else f"{v:.4f}" if isinstance(v, float) else str(v)
+                for v in row[shown]
+            )
+        )
+    out_console.print(table)
+
+
 @list_app.command("presets")
 def list_presets() -> None:
     """Presets and what they set."""

@@ -326,5 +326,6 @@ def _results_table(console: Console, record: dict[str, Any], unit: str) -> None:
     for key in METRIC_KEYS:
         table.add_row(key, *(f"{record['metrics'][p][key]:.4f}" for p in ("val", "test")))
     console.print(table)
-    if unit:
-        console.print(f"rmse, mae and Bland–Altman values are in {unit}")
+    console.print(
+        f"rmse, mae and Bland–Altman values are in {unit or 'the unit of the manifest targets'}"
+    )

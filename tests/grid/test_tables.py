@@ -158,3 +158,18 @@ def test_plot_writes_figure2_bland_altman_and_learning_curve(table4_runs, tmp_pa
     )
     assert all(p.stat().st_size > 1000 for p in written)
     assert (tmp_path / "figs" / "scatter.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_lists_runs_and_writes_tables(table4_runs):
+    from typer.testing import CliRunner
+
+    from bmdbench.cli import app
+
+    runner = CliRunner()
+    listed = runner.invoke(app, ["list", "runs", "--out", str(table4_runs), "--csv"])
+    assert listed.exit_code == 0 and len(listed.stdout.strip().splitlines()) == 13
+    args = ["table", "table4", "--preset", "smoke", "--backbones", "tiny", "--out", str(table4_runs)]
+    made = runner.invoke(app, [*args, "--format", "latex"])
+    assert made.exit_code == 0, made.output
+    assert (table4_runs / "tables" / "table4.tex").read_text().count("\\bottomrule") == 1
+    assert not (table4_runs / "tables" / "table4.md").exists()
