@@ -168,7 +168,16 @@ def test_cli_lists_runs_and_writes_tables(table4_runs):
     runner = CliRunner()
     listed = runner.invoke(app, ["list", "runs", "--out", str(table4_runs), "--csv"])
     assert listed.exit_code == 0 and len(listed.stdout.strip().splitlines()) == 13
-    args = ["table", "table4", "--preset", "smoke", "--backbones", "tiny", "--out", str(table4_runs)]
+    args = [
+        "table",
+        "table4",
+        "--preset",
+        "smoke",
+        "--backbones",
+        "tiny",
+        "--out",
+        str(table4_runs),
+    ]
     made = runner.invoke(app, [*args, "--format", "latex"])
     assert made.exit_code == 0, made.output
     assert (table4_runs / "tables" / "table4.tex").read_text().count("\\bottomrule") == 1
