@@ -1,8 +1,8 @@
 """Comparison grids: cells (method × backbone × seed), their plan, and the workers that run them.
 
 A grid is an Optuna study used as a queue (:mod:`bmdbench.dispatch`); its name
-is a hash of its cells, so the same command finds the same queue again and
-carries on where it stopped. Stage-1 cells are queued before the stage-2 cells
+is a hash of its cells and its output folder, so the same command finds the same
+queue again and carries on where it stopped. Stage-1 cells are queued before the stage-2 cells
 that fine-tune from them, and a stage-2 cell waits until its parent is finished.
 """
 

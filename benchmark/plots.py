@@ -81,15 +81,17 @@ def _bland_altman(ax: plt.Axes, test: pd.DataFrame, epochs: list[dict], unit: st
 
 def _learning_curve(ax: plt.Axes, test: pd.DataFrame, epochs: list[dict], unit: str) -> None:
     x = [e["epoch"] for e in epochs]
-    ax.plot(x, [e["loss_loss"] for e in epochs], label="training loss")
+    (loss,) = ax.plot(x, [e["loss_loss"] for e in epochs], marker=".", label="training loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss")
     ax.set_yscale("log")
     twin = ax.twinx()
-    twin.plot(x, [e["val_pearson_r"] for e in epochs], color="C1", label="validation R")
+    (val,) = twin.plot(
+        x, [e["val_pearson_r"] for e in epochs], color="C1", marker=".", label="validation R"
+    )
     twin.set_ylabel("validation R")
     best = max(
         epochs, key=lambda e: e["val_pearson_r"] if np.isfinite(e["val_pearson_r"]) else -np.inf
     )
     twin.axvline(best["epoch"], color="C1", ls=":", lw=1)
-    ax.legend(loc="upper center", fontsize=8)
+    ax.legend(handles=[loss, val], loc="center right", fontsize=8)
