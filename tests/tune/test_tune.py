@@ -75,3 +75,23 @@ def test_a_stopped_run_is_recorded_as_pruned(tmp_path):
     assert failed.value.status == "pruned" and [e for e, _ in seen] == [1, 2]
     record = store.read_record(failed.value.run_dir)
     assert record["status"] == "pruned" and "epoch 2" in record["error"]
+
+
+def test_equal_budget_tunes_each_method_alike_then_compares_on_test(tmp_path):
+    from rich.console import Console
+
+    from bmdbench.tune import compare_tuned, equal_budget_best
+
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    quiet = Console(quiet=True)
+    searches = [
+        Search("margin", m, "tiny", "smoke", device="cpu", sets=SMALL) for m in ("atl", "triplet")
+    ]
+    best = equal_budget_best(searches, 2, url, tmp_path, quiet)
+    assert set(best) == {"atl", "triplet"} and set(best["atl"]) == {"atl.margin"}
+    for search in searches:  # exactly the budget, also when asked again
+        assert len(open_study(search, url, search.study_name()).trials) == 2
+    assert equal_budget_best(searches, 2, url, tmp_path, quiet) == best
+    frame = compare_tuned(best, searches[0], 2, url, tmp_path, quiet)
+    assert list(frame.index) == ["atl", "triplet"] and (frame["seeds"] == 2).all()
+    assert frame.loc["atl", "ΔR vs atl"] == "—" and "p=" in frame.loc["triplet", "ΔR vs atl"]
