@@ -360,7 +360,6 @@ def tune(
         summarise,
     )
 
-    url = storage or default_storage(out)
     sets = tuple(sorted(parse_set(set_ or []).items()))
 
     def search_for(name: str) -> Search:
@@ -377,6 +376,7 @@ def tune(
                 "e.g. bmdbench tune all --equal-budget 10 --methods pi_model,mean_teacher,proposed",
             )
         searches = [search_for(m) for m in _names(methods)]
+        url = storage or default_storage(out)
         best = equal_budget_best(searches, equal_budget, url, out, out_console)
         frame = compare_tuned(best, searches[0], seeds, url, out, out_console)
         title = (
@@ -397,6 +397,7 @@ def tune(
             f"--n-trials {n_trials} is not a positive count", "give --n-trials 1 or more"
         )
     search = search_for(method or DEFAULT_METHOD.get(kind, "proposed"))
+    url = storage or default_storage(out)
     opened = open_study(search, url, study or search.study_name())
     out_console.print(
         f"study [bold]{opened.study_name}[/] in {url}: {len(opened.trials)} trials so far; "
@@ -431,10 +432,12 @@ def _table_tune(
 ) -> None:
     import optuna
 
-    from bmdbench.dispatch import default_storage, open_storage
+    from bmdbench.dispatch import DB_NAME, default_storage, open_storage
     from bmdbench.errors import ConfigError
     from bmdbench.tune import summarise
 
+    if storage is None and not (out / DB_NAME).exists():
+        raise ConfigError(f"no studies under {out}", "give the --out of the tune run, or --storage")
     url = storage or default_storage(out)
     names = optuna.get_all_study_names(open_storage(url))
     if study not in names:

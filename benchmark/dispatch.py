@@ -35,6 +35,7 @@ from bmdbench.errors import ConfigError
 
 HEARTBEAT_S = 20  # a running worker refreshes its cell's heartbeat this often
 GRACE_S = 90  # a cell whose heartbeat is older than this is taken back
+DB_NAME = "bmdbench.db"  # the default SQLite file of an output root
 IDLE_S = 1.0  # an idle worker looks at the queue again after this long
 
 
@@ -44,7 +45,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 def default_storage(out: Path) -> str:
     """The SQLite file that holds the queues (and studies) of an output root."""
     out.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(out / 'bmdbench.db').resolve()}"
+    return f"sqlite:///{(out / DB_NAME).resolve()}"
 
 
 def open_storage(
