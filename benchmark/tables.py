@@ -106,7 +106,7 @@ def _best(values: pd.Series, higher: bool) -> pd.Series:
 BOLD = {"md": "**{}**", "latex": "\\textbf{{{}}}", "rich": "[bold]{}[/]"}
 
 
-def _mean_sd(mean: float, sd: float, bold: bool, style: str) -> str:
+def format_mean_sd(mean: float, sd: float, bold: bool, style: str) -> str:
     if np.isnan(mean):
         return "—"
     pm = "$\\pm$" if style == "latex" else "±"
@@ -114,12 +114,15 @@ def _mean_sd(mean: float, sd: float, bold: bool, style: str) -> str:
     return BOLD[style].format(text) if bold else text
 
 
-def _ci(low: float, high: float) -> str:
+def format_ci(low: float, high: float) -> str:
     return "—" if np.isnan(low) else f"[{low:.3f}, {high:.3f}]"
 
 
-def _delta(delta: float, p: float) -> str:
-    return "—" if np.isnan(delta) else f"{delta:+.4f} (p={p:.3f})"
+def format_delta(delta: float, p: float) -> str:
+    """ΔR with its p-value; below the bootstrap's resolution p is shown as an upper bound."""
+    if np.isnan(delta):
+        return "—"
+    return f"{delta:+.4f} (p<0.001)" if p < 0.001 else f"{delta:+.4f} (p={p:.3f})"
 
 
 def _paper(value: float | None) -> str:
@@ -136,18 +139,19 @@ def display_frame(data: TableData, style: str) -> pd.DataFrame:
     cells = pd.DataFrame(
         {
             "R": [
-                _mean_sd(m, s, b, style)
+                format_mean_sd(m, s, b, style)
                 for m, s, b in zip(tidy["r_mean"], tidy["r_sd"], best_r, strict=True)
             ],
             "RMSE": [
-                _mean_sd(m, s, b, style)
+                format_mean_sd(m, s, b, style)
                 for m, s, b in zip(tidy["rmse_mean"], tidy["rmse_sd"], best_rmse, strict=True)
             ],
             "R 95% CI": [
-                _ci(lo, hi) for lo, hi in zip(tidy["r_ci_low"], tidy["r_ci_high"], strict=True)
+                format_ci(lo, hi)
+                for lo, hi in zip(tidy["r_ci_low"], tidy["r_ci_high"], strict=True)
             ],
             f"ΔR vs {ref}": [
-                _delta(d, p) for d, p in zip(tidy["delta_r"], tidy["p_value"], strict=True)
+                format_delta(d, p) for d, p in zip(tidy["delta_r"], tidy["p_value"], strict=True)
             ],
             "seeds": tidy["seeds"].astype(str),
             "R (paper)": [_paper(v) for v in tidy["paper_r"]],

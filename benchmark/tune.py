@@ -277,6 +277,7 @@ def compare_tuned(
     from bmdbench.config import to_dict
     from bmdbench.grid import Cell, make_cell, make_plan, print_plan, run_grid
     from bmdbench.results import cell_runs, cell_stats, load_runs, read_predictions, signature
+    from bmdbench.tables import format_ci, format_delta, format_mean_sd
 
     template = Cell("", base.backbone, 0, base.preset, base.data, base.unlabeled, base.device)
     common = dict(base.sets)
@@ -301,12 +302,12 @@ def compare_tuned(
                 "method": method,
                 "tuned": ", ".join(f"{k}={float(v):.4g}" for k, v in best[method].items()),
                 "seeds": len(frame),
-                "R": f"{st.r_mean:.4f} ± {st.r_sd:.4f}",
-                "RMSE": f"{st.rmse_mean:.4f} ± {st.rmse_sd:.4f}",
-                "R 95% CI": f"[{st.r_ci[0]:.3f}, {st.r_ci[1]:.3f}]",
+                "R": format_mean_sd(st.r_mean, st.r_sd, False, "md"),
+                "RMSE": format_mean_sd(st.rmse_mean, st.rmse_sd, False, "md"),
+                "R 95% CI": format_ci(*st.r_ci),
                 f"ΔR vs {next(iter(best))}": "—"
-                if st.delta_r is None
-                else f"{st.delta_r:+.4f} (p={st.p_value:.3f})",
+                if st.delta_r is None or st.p_value is None
+                else format_delta(st.delta_r, st.p_value),
             }
         )
     return pd.DataFrame(rows).set_index("method")
