@@ -43,7 +43,7 @@ def signature(config: dict[str, Any]) -> str:
     return stable_hash(stripped)[:16]
 
 
-def load_runs(out: Path) -> pd.DataFrame:
+def load_runs(out: str | Path) -> pd.DataFrame:
     """One row per complete run under ``out/runs``: identity, config, metrics, status, timings.
 
     Columns: name, run_dir, method, backbone, preset, seed, status, error,
@@ -53,6 +53,7 @@ def load_runs(out: Path) -> pd.DataFrame:
     ``test_<metric>`` for every metric key, the diagnostics (pseudo_rmse,
     pseudo_r, refreshes, ...) and the timings (total_s, train_s, images_per_s).
     """
+    out = Path(out)
     rows = []
     for record in store.iter_records(out):
         row: dict[str, Any] = {
