@@ -189,9 +189,16 @@ class CellQueue:
         error: str | None,
         value: float | None,
     ) -> None:
-        """Record a cell's outcome: ``ok`` → COMPLETE (value = validation R), else FAIL."""
-        for key, attr in (("status", status), ("run", run), ("error", error)):
-            self.storage.set_trial_user_attr(trial._trial_id, key, attr)
+        """Record a cell's outcome: ``ok`` → COMPLETE (value = validation R), else FAIL.
+
+        A worker taken for dead while it was alive finds its trial already failed and
+        requeued: it leaves the trial as it is (its run record is published all the same,
+        and the requeued copy reuses it)."""
+        try:
+            for key, attr in (("status", status), ("run", run), ("error", error)):
+                self.storage.set_trial_user_attr(trial._trial_id, key, attr)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return
         if status == "ok":
             self._set_state(
                 trial._trial_id, TrialState.COMPLETE, [value if value is not None else float("nan")]
