@@ -39,7 +39,8 @@ DEFAULT_METHOD = {
     "all": "proposed",
 }
 LR = Range("lr", 1e-6, 1e-3, log=True)  # the learning rate of the method's own stage
-PRUNER_WARMUP = 2  # epochs a trial runs before the median pruner may stop it
+PRUNER_WARMUP = 0.5  # fraction of its epochs a trial runs before the median pruner may stop it
+# (early validation R is noise: under quick it stays near 0 for the first 3–4 epochs)
 
 
 def search_space(method: str, kind: str) -> dict[str, Range]:
@@ -92,12 +93,20 @@ def open_study(search: Search, storage: str, name: str) -> optuna.Study:
             study_name=name,
             load_if_exists=True,
             direction="maximize",
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=PRUNER_WARMUP),
+            pruner=optuna.pruners.MedianPruner(
+                n_startup_trials=2, n_warmup_steps=int(PRUNER_WARMUP * _epochs(search))
+            ),
         )
     # seeded by the history, so that a continued study does not repeat its first trials
     study.sampler = optuna.samplers.TPESampler(seed=search.seed + len(study.trials))
     study.set_user_attr("search", asdict(search))
     return study
+
+
+def _epochs(search: Search) -> int:
+    """Epochs of the stage the search trains (the method's own stage)."""
+    cfg = resolve(search.method, search.backbone, search.preset, dict(search.sets))
+    return (cfg.stage2 if METHODS.get(search.method).stage == 2 else cfg.stage1).epochs
 
 
 def run_search(
