@@ -33,20 +33,18 @@ class TableData:
 
 def build(table: PaperTable, runs: pd.DataFrame, signatures: Sequence[str]) -> TableData:
     """Statistics for every cell of ``table``; ``signatures[i]`` identifies the runs of cell i."""
-    selected = {
-        tc.label: cell_runs(runs, [sig]) for tc, sig in zip(table.cells, signatures, strict=True)
-    }
-    for label, frame in selected.items():
+    # one frame per cell, in table order (labels repeat across Table 3's column groups)
+    selected = [cell_runs(runs, [sig]) for sig in signatures]
+    for tc, frame in zip(table.cells, selected, strict=True):
         if len(frame) and frame["data_fingerprint"].nunique() > 1:
             raise DataError(
-                f"the runs of {table.name} cell {label!r} saw different data",
+                f"the runs of {table.name} cell {tc.label!r} saw different data",
                 "keep one dataset per --out folder",
             )
-    reference = selected[table.reference]
+    reference = selected[[tc.label for tc in table.cells].index(table.reference)]
     ref_pred = read_predictions(reference) if len(reference) else None
     rows = []
-    for tc in table.cells:
-        frame = selected[tc.label]
+    for tc, frame in zip(table.cells, selected, strict=True):
         st: CellStats | None = None
         if len(frame):
             is_ref = tc.label == table.reference
@@ -72,8 +70,8 @@ def build(table: PaperTable, runs: pd.DataFrame, signatures: Sequence[str]) -> T
             }
         )
     shown = (
-        pd.concat([f for f in selected.values() if len(f)])
-        if any(len(f) for f in selected.values())
+        pd.concat([f for f in selected if len(f)])
+        if any(len(f) for f in selected)
         else runs.head(0)
     )
     return TableData(table, pd.DataFrame(rows), _footer(shown, table))

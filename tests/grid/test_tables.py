@@ -182,3 +182,19 @@ def test_cli_lists_runs_and_writes_tables(table4_runs):
     assert made.exit_code == 0, made.output
     assert (table4_runs / "tables" / "table4.tex").read_text().count("\\bottomrule") == 1
     assert not (table4_runs / "tables" / "table4.md").exists()
+
+
+def test_table3_keeps_triplet_and_atl_apart(tmp_path):
+    rng = np.random.default_rng(2)
+    cells = table_cells([TABLES["table3"]], 1, {}, BASE, "tiny")
+    for cell in cells:
+        noise = 0.02 if cell.method == "atl" else 0.2
+        fake_run(tmp_path, cell, TRUTH + rng.normal(0, noise, TRUTH.size))
+    data = build(
+        TABLES["table3"], load_runs(tmp_path), [signature(to_dict(c.config())) for c in cells]
+    )
+    tidy = data.tidy.set_index(["group", "label"])
+    assert tidy.loc[("ATL", "0.5"), "r_mean"] > tidy.loc[("Triplet Loss", "0.5"), "r_mean"] + 0.1
+    assert (data.tidy["seeds"] == 1).all()
+    md = to_markdown(data)
+    assert "Baseline (no triplet term)" in md and md.count("\n| 0.") == 4 and "\n| 1.0 " in md
