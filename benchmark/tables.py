@@ -96,7 +96,7 @@ def _footer(runs: pd.DataFrame, table: PaperTable) -> str:
 def _best(values: pd.Series, higher: bool) -> pd.Series:
     """Mask of the best finite value (ties all bold); nothing is best among fewer than two."""
     if values.notna().sum() < 2:
-        return values != values  # all False
+        return pd.Series(False, index=values.index)
     target = values.max() if higher else values.min()
     return values == target
 
