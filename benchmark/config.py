@@ -52,6 +52,9 @@ class SplitConfig:
     test: float = 500 / 1090  # test images: count (>=1) or fraction (<1)
     seed: int = 0  # split seed: fixed, so every method and training seed sees the same test set
     use_column: bool = True  # obey the manifest's `split` column when it has one
+    # draw the labeled training subset and validation split anew for each training seed;
+    # the test set stays fixed
+    redraw: bool = False
 
 
 @dataclass(frozen=True)

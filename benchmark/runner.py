@@ -174,7 +174,7 @@ def locate(cfg: RunConfig, out: Path) -> Path:
 def _identify(cfg: RunConfig) -> tuple[ImageSet, Split, str]:
     """The run's images, split and config hash (checks a stage-2 method has unlabeled images)."""
     images = load_images(cfg)
-    split = make_split(images, cfg.split)
+    split = make_split(images, cfg.split, seed=cfg.seed)
     if METHODS.get(cfg.method).stage == 2 and len(split.unlabeled) == 0:
         raise DataError(
             f"{cfg.method} needs unlabeled images but the data has none",
@@ -277,6 +277,9 @@ def _identity(
             "split_fingerprint": split.fingerprint,
             "sizes": split.sizes(),
             "unit": images.unit,
+            # the labeled training targets' scale (SD ddof=0, as DataModule's z-scoring)
+            "target_mean": float(images.targets[split.train].mean()),
+            "target_sd": float(images.targets[split.train].std()),
         },
         "versions": {
             "bmdbench": bmdbench.__version__,

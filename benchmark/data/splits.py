@@ -32,22 +32,29 @@ class Split:
         return {"fingerprint": self.fingerprint, **parts}
 
 
-def make_split(images: ImageSet, cfg: SplitConfig) -> Split:
+def make_split(images: ImageSet, cfg: SplitConfig, seed: int = 0) -> Split:
     """Split labeled images by patient (seeded) or by the manifest's ``split`` column.
 
     Labeled images are those with a finite target and a given split other than
-    "unlabeled". Val and test are filled first, patient by patient in a seeded
+    "unlabeled". Test, then val are filled first, patient by patient in a seeded
     random order, never exceeding the requested counts; the remaining labeled
     images form the training pool, cut to the label budget when one is set.
+
+    The test set depends on ``cfg.seed`` only. ``seed`` (the training seed) matters
+    only with ``cfg.redraw``: then the val draw and the label-budget draw come from
+    a stream of (``cfg.seed``, ``seed``), so each training seed sees its own labeled
+    subset and validation split while the test set stays fixed. (A manifest's split
+    column fixes val; only the budget draw varies then.)
     """
     labeled = images.labeled & (images.given_split != "unlabeled")
     always_unlabeled = np.flatnonzero(~labeled)
     rng = np.random.default_rng(cfg.seed)
+    draw = np.random.default_rng([cfg.seed, seed]) if cfg.redraw else rng
     column = images.given_split[labeled]
     if cfg.use_column and np.isin(column, ("train", "val", "test")).any():
         train, val, test = _from_column(images, labeled)
     else:
-        train, val, test = _random(images, np.flatnonzero(labeled), cfg, rng)
+        train, val, test = _random(images, np.flatnonzero(labeled), cfg, rng, draw)
     hidden = np.array([], dtype=np.int64)
     if cfg.train is not None:
         n_train = _count(cfg.train, len(train), "train")
@@ -56,7 +63,7 @@ def make_split(images: ImageSet, cfg: SplitConfig) -> Split:
                 f"the label budget asks for {n_train} training images but only {len(train)} remain",
                 "lower --n-labeled (split.train) or --n-val/--n-test",
             )
-        train, hidden = _take_patients(images.patient_ids, train, n_train, rng)
+        train, hidden = _take_patients(images.patient_ids, train, n_train, draw)
     unlabeled = np.sort(np.concatenate([hidden, always_unlabeled]).astype(np.int64))
     _check_disjoint_patients(images, train, val, test)
     parts = {"train": train, "val": val, "test": test, "unlabeled": unlabeled}
@@ -80,8 +87,14 @@ def _count(value: float, n: int, name: str) -> int:
 
 
 def _random(
-    images: ImageSet, labeled: np.ndarray, cfg: SplitConfig, rng: np.random.Generator
+    images: ImageSet,
+    labeled: np.ndarray,
+    cfg: SplitConfig,
+    test_rng: np.random.Generator,
+    val_rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Test patients drawn with ``test_rng``, then val from the rest with ``val_rng``
+    (the same generator unless the split is redrawn per training seed)."""
     n_val, n_test = _count(cfg.val, len(labeled), "val"), _count(cfg.test, len(labeled), "test")
     if n_val < 2 or n_test < 2 or n_val + n_test >= len(labeled):
         raise DataError(
@@ -89,8 +102,8 @@ def _random(
             "and leave some for training",
             "lower --n-val/--n-test (split.val, split.test) or add labeled images",
         )
-    test, rest = _take_patients(images.patient_ids, labeled, n_test, rng)
-    val, train = _take_patients(images.patient_ids, rest, n_val, rng)
+    test, rest = _take_patients(images.patient_ids, labeled, n_test, test_rng)
+    val, train = _take_patients(images.patient_ids, rest, n_val, val_rng)
     return train, val, test
 
 

@@ -61,3 +61,17 @@ def test_patient_in_two_given_splits(imageset):
     data = dataclasses.replace(imageset, given_split=given, patient_ids=patients)
     with pytest.raises(DataError, match="patient p0 is in both train and val"):
         make_split(data, SplitConfig())
+
+
+def test_redraw_varies_the_labeled_subset_not_the_test_set(imageset):
+    def parts(cfg, seed):
+        split = make_split(imageset, cfg, seed=seed)
+        return {name: list(getattr(split, name)) for name in ("train", "val", "test")}
+
+    fixed = SplitConfig(train=10, val=8, test=10, seed=1)
+    assert parts(fixed, 0) == parts(fixed, 1)  # without redraw the training seed is ignored
+    redrawn = dataclasses.replace(fixed, redraw=True)
+    a, b = parts(redrawn, 0), parts(redrawn, 1)
+    assert a["test"] == b["test"] == parts(fixed, 0)["test"]
+    assert a["train"] != b["train"] and a["val"] != b["val"]
+    assert a == parts(redrawn, 0)  # the same seed draws the same subset again
