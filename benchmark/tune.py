@@ -282,11 +282,12 @@ def compare_tuned(
     console: Console,
 ) -> pd.DataFrame:
     """Run each method with its tuned settings over ``seeds`` seeds (a grid) and compare them
-    on test: mean ± SD, bootstrap CI, paired test against the first method."""
+    on test as a paper table does (:func:`bmdbench.results.table_stats`): mean ± SD,
+    hierarchical-bootstrap CI, ΔR against the first method with Holm-adjusted p."""
     from bmdbench.config import to_dict
     from bmdbench.grid import Cell, make_cell, make_plan, print_plan, run_grid
-    from bmdbench.results import cell_runs, cell_stats, load_runs, read_predictions, signature
-    from bmdbench.tables import format_ci, format_delta, format_mean_sd
+    from bmdbench.results import N_RESAMPLES, cell_runs, load_runs, signature, table_stats
+    from bmdbench.tables import format_cells
 
     template = Cell("", base.backbone, 0, base.preset, base.data, base.unlabeled, base.device)
     common = dict(base.sets)
@@ -298,25 +299,20 @@ def compare_tuned(
     print_plan(console, plan)
     run_grid(plan, out, storage, 1, False, console)
     runs = load_runs(out)
-    rows, reference = [], None
-    for method, group in cells.items():
-        frame = cell_runs(runs, [signature(to_dict(group[0].config()))])
-        if frame.empty:
-            continue
-        predictions = read_predictions(frame)
-        st = cell_stats(predictions, reference)
-        reference = reference or predictions
-        rows.append(
-            {
-                "method": method,
-                "tuned": ", ".join(f"{k}={float(v):.4g}" for k, v in best[method].items()),
-                "seeds": len(frame),
-                "R": format_mean_sd(st.r_mean, st.r_sd, False, "md"),
-                "RMSE": format_mean_sd(st.rmse_mean, st.rmse_sd, False, "md"),
-                "R 95% CI": format_ci(*st.r_ci),
-                f"ΔR vs {next(iter(best))}": "—"
-                if st.delta_r is None or st.p_value is None
-                else format_delta(st.delta_r, st.p_value),
-            }
-        )
-    return pd.DataFrame(rows).set_index("method")
+    frames = {
+        method: cell_runs(runs, [signature(to_dict(group[0].config()))])
+        for method, group in cells.items()
+    }
+    frames = {method: frame for method, frame in frames.items() if not frame.empty}
+    if not frames:
+        return pd.DataFrame()
+    tidy = table_stats(f"equal-budget|{'|'.join(best)}", list(frames.values()), reference=0)
+    shown = format_cells(tidy, 0, "md", N_RESAMPLES)
+    shown = shown.rename(columns={"ΔR": f"ΔR vs {next(iter(frames))}"})
+    shown.insert(
+        0,
+        "tuned",
+        [", ".join(f"{k}={float(v):.4g}" for k, v in best[m].items()) for m in frames],
+    )
+    shown.index = pd.Index(list(frames), name="method")
+    return shown

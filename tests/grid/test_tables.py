@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
@@ -12,16 +13,18 @@ import pytest
 from bmdbench import store
 from bmdbench.config import to_dict
 from bmdbench.grid import Cell, table_cells
+from bmdbench.methods import METHODS
 from bmdbench.paper_tables import TABLES
-from bmdbench.results import Predictions, cell_stats, load_runs, signature
-from bmdbench.tables import build, to_csv, to_latex, to_markdown
+from bmdbench.results import STAT_COLUMNS, holm, load_runs, signature
+from bmdbench.tables import build, display_frame, format_p, to_csv, to_latex, to_markdown
 
 BASE = Cell("", "", 0, "smoke", device="cpu")
 TRUTH = np.linspace(0.5, 1.0, 40)
 
 
-def fake_run(out, cell: Cell, pred: np.ndarray) -> None:
-    """A finished run record as the runner writes it (no training)."""
+def fake_run(out, cell: Cell, pred: np.ndarray, selected_epoch: int = 3) -> None:
+    """A finished run record as the runner writes it (no training); stage-2 methods get a
+    parent run."""
     cfg = cell.config()
     name = f"{cell.method}-{cell.backbone}-s{cell.seed}-{cell.key[:6]}"
     run_dir = store.runs_dir(out) / name
@@ -43,14 +46,16 @@ def fake_run(out, cell: Cell, pred: np.ndarray) -> None:
         "error": None,
         "config": to_dict(cfg),
         "config_hash": cell.key,
-        "parent_run": None,
-        "selected_epoch": 3,
+        "parent_run": f"parent-s{cell.seed}" if METHODS.get(cell.method).stage == 2 else None,
+        "selected_epoch": selected_epoch,
         "data": {
             "source": "synthetic",
             "fingerprint": "fp",
-            "split_fingerprint": "sp",
+            "split_fingerprint": f"sp{cell.seed}" if cfg.split.redraw else "sp",
             "sizes": {},
             "unit": "g/cm²",
+            "target_mean": 0.75,
+            "target_sd": 0.2,
         },
         "metrics": {"val": metrics, "test": metrics},
         "diagnostics": {},
@@ -62,59 +67,63 @@ def fake_run(out, cell: Cell, pred: np.ndarray) -> None:
     store.write_json(run_dir / store.RECORD, record)
 
 
-def test_mean_sd_and_ci_by_hand():
-    noise = np.array([np.sin(np.arange(40)), np.cos(np.arange(40))]) * 0.05
-    pred = TRUTH + noise
-    st = cell_stats(Predictions(np.arange(40).astype(str), TRUTH, pred, (0, 1)))
-    r = [np.corrcoef(TRUTH, p)[0, 1] for p in pred]
-    rmse = [np.sqrt(np.mean((p - TRUTH) ** 2)) for p in pred]
-    assert st.r_mean == pytest.approx(np.mean(r)) and st.r_sd == pytest.approx(np.std(r, ddof=1))
-    assert st.rmse_mean == pytest.approx(np.mean(rmse))
-    assert st.rmse_sd == pytest.approx(abs(rmse[0] - rmse[1]) / np.sqrt(2))
-    assert st.r_ci[0] < st.r_mean < st.r_ci[1] <= 1
-    assert st.rmse_ci[0] < st.rmse_mean < st.rmse_ci[1]
+def write_runs(out, table: str, seeds: int, sets=None, noise=None, keep=None, skip=None):
+    """Fake runs of every cell of ``table``: ``noise(cell)`` sets the prediction noise,
+    ``keep(cell)`` whether the run selected its stage-1 weights, ``skip(cell)`` leaves it out."""
+    rng = np.random.default_rng(0)
+    cells = table_cells([TABLES[table]], seeds, sets or {}, BASE, "tiny")
+    for cell in cells:
+        if skip is not None and skip(cell):
+            continue
+        sd = noise(cell) if noise else 0.05
+        selected = 0 if keep is not None and keep(cell) else 3
+        fake_run(out, cell, TRUTH + rng.normal(0, sd, TRUTH.size), selected)
+    return cells
 
 
-def test_paired_test_sees_a_real_difference_and_no_difference():
-    ids = np.arange(40).astype(str)
-    rng = np.random.default_rng(1)
-    good = Predictions(ids, TRUTH, TRUTH + rng.normal(0, 0.02, (1, 40)), (0,))
-    bad = Predictions(ids, TRUTH, TRUTH + rng.normal(0, 0.3, (1, 40)), (0,))
-    better = cell_stats(good, reference=bad)
-    assert better.delta_r > 0.3 and better.p_value < 0.01
-    same = cell_stats(good, reference=good)
-    assert same.delta_r == 0 and same.p_value == 1.0
-    single = cell_stats(good)
-    assert np.isnan(single.r_sd) and single.p_value is None
+def _build(out, table: str, sets=None):
+    one_seed = table_cells([TABLES[table]], 1, sets or {}, BASE, "tiny")
+    return build(TABLES[table], load_runs(out), [signature(to_dict(c.config())) for c in one_seed])
+
+
+ORDER4 = [tc.method for tc in TABLES["table4"].cells]
 
 
 @pytest.fixture
 def table4_runs(tmp_path):
-    rng = np.random.default_rng(0)
-    cells = table_cells([TABLES["table4"]], 2, {}, BASE, "tiny")
-    for i, cell in enumerate(cells):
-        noise = 0.05 + 0.01 * (len(cells) - i) / 2
-        fake_run(tmp_path, cell, TRUTH + rng.normal(0, noise, TRUTH.size))
+    write_runs(
+        tmp_path,
+        "table4",
+        3,
+        noise=lambda c: 0.07 - 0.004 * ORDER4.index(c.method),  # Proposed is the best
+        # Proposed kept its stage-1 weights with every seed, SSL with seed 0 only
+        keep=lambda c: c.method == "proposed" or (c.method == "pseudo_label" and c.seed == 0),
+    )
     return tmp_path
 
 
 def _table4(out):
-    one_seed = table_cells([TABLES["table4"]], 1, {}, BASE, "tiny")
-    return build(
-        TABLES["table4"], load_runs(out), [signature(to_dict(c.config())) for c in one_seed]
-    )
+    return _build(out, "table4")
 
 
 def test_store_query_has_one_row_per_run(table4_runs):
     runs = load_runs(table4_runs)
-    assert len(runs) == 12 and set(runs["seed"]) == {0, 1}
-    assert {"test_pearson_r", "val_rmse", "hp.weight", "cell", "data_fingerprint"} <= set(
-        runs.columns
-    )
-    assert runs.groupby("cell").size().tolist() == [2] * 6
+    assert len(runs) == 18 and set(runs["seed"]) == {0, 1, 2}
+    assert {
+        "test_pearson_r",
+        "val_rmse",
+        "hp.weight",
+        "cell",
+        "data_fingerprint",
+        "target_sd",
+        "target_norm",
+        "split_redraw",
+        "selected_epoch",
+    } <= set(runs.columns)
+    assert runs.groupby("cell").size().tolist() == [3] * 6
 
 
-def test_latex_is_booktabs_with_balanced_rows(table4_runs):
+def test_latex_is_booktabs_with_balanced_rows_and_notes(table4_runs):
     tex = to_latex(_table4(table4_runs))
     for env in ("table", "tabular"):
         assert tex.count(f"\\begin{{{env}}}") == tex.count(f"\\end{{{env}}}") == 1
@@ -123,21 +132,96 @@ def test_latex_is_booktabs_with_balanced_rows(table4_runs):
     header = tex.split("\\toprule")[1].split("\\midrule")[0]
     rows = [line for line in (header + body).splitlines() if line.strip().endswith("\\\\")]
     assert len(rows) == 7  # header + six cells
-    assert {row.count("&") for row in rows} == {7}
+    assert {row.count("&") for row in rows} == {11}
     assert tex.count("\\textbf{") == 2  # best R and best RMSE
-    assert "seeds 0, 1" in tex
+    assert "seeds 0, 1, 2" in tex and "\\dag{}" in tex
+    notes = tex.split("\\end{tabular}")[1]
+    assert notes.count("\\footnotesize") == len(_table4(table4_runs).footer.splitlines())
+    assert "Power (80 \\%, $\\alpha$ = 0.05" in notes and "λ" not in tex and "†" not in tex
 
 
-def test_markdown_and_csv(table4_runs):
+def test_markdown_and_csv_carry_the_statistics(table4_runs):
     data = _table4(table4_runs)
     md = to_markdown(data)
     rows = [line for line in md.splitlines() if line.startswith("|")]
     assert len(rows) == 8 and len({row.count("|") for row in rows}) == 1
     assert "0.8805" in md and "Proposed w/o Consistency" in md
-    frame = pd.read_csv(__import__("io").StringIO(to_csv(data)), comment="#")
-    assert frame["label"].iloc[0] == "Baseline" and (frame["seeds"] == 2).all()
-    best = frame.loc[frame["r_mean"].idxmax(), "label"]
-    assert re.search(rf"\*\*{frame['r_mean'].max():.4f}", md) and best
+    frame = pd.read_csv(io.StringIO(to_csv(data)), comment="#")
+    assert frame["label"].iloc[0] == "Baseline" and (frame["seeds"] == 3).all()
+    assert set(STAT_COLUMNS) <= set(frame.columns)
+    best = frame["r_mean"].max()
+    assert frame.loc[frame["r_mean"].idxmax(), "label"] == "Proposed"
+    assert re.search(rf"\*\*{best:.4f}", md)
+    # Holm over the five comparisons, raw and adjusted both kept
+    tested = frame["p_value"].notna()
+    assert tested.sum() == 5 and frame["p_value"].isna().iloc[0]
+    adjusted, _ = holm(frame.loc[tested, "p_value"], frame.loc[tested, "p_bound"])
+    np.testing.assert_allclose(frame.loc[tested, "p_holm"], adjusted, rtol=1e-5)
+    assert (frame.loc[tested, "mde"] > 0).all() and (frame.loc[tested, "seeds_needed"] >= 3).all()
+    # stage 1 kept: Proposed 3 of 3 (marked), SSL 1 of 3, stage-1 cells not counted
+    kept = frame.set_index("label")["n_selected_stage1"]
+    assert kept["Proposed"] == 3 and kept["SSL"] == 1 and kept["Baseline"] == 0
+    shown = display_frame(data, "md")
+    assert shown.loc["Proposed", "stage 1 kept"] == "3/3" and shown.loc["Proposed", "R"].endswith(
+        "†"
+    )
+    assert shown.loc["SSL", "stage 1 kept"] == "1/3" and not shown.loc["SSL", "R"].endswith("†")
+    assert shown.loc["Baseline", "stage 1 kept"] == "n/a"
+    assert shown.loc["Baseline", "ΔR vs Baseline"] == "reference"
+    for line in ("Power (80 %", "— in p (Holm): fewer than 3", "† every seed kept", "B = 2000"):
+        assert line in md and line in to_csv(data)
+
+
+def test_p_is_printed_at_the_bootstrap_resolution():
+    assert format_p(1 / 2000, True, 2000, "md") == "<0.0005"
+    assert format_p(1 / 1000, True, 1000, "latex") == "$<$0.001"
+    assert format_p(0.0125, False, 2000, "md") == "0.0125"
+    assert format_p(float("nan"), False, 2000, "md") == "—"
+
+
+def test_bold_only_among_the_most_seeds_no_p_under_three_and_pairing(tmp_path):
+    order = [tc.method for tc in TABLES["table2"].cells]
+    write_runs(
+        tmp_path,
+        "table2",
+        4,
+        noise=lambda c: {"baseline": 0.3, "proposed": 0.005}.get(
+            c.method, 0.02 * order.index(c.method)
+        ),
+        # Proposed (the most accurate) has two seeds; Temp. Ensemble lacks seed 0
+        skip=lambda c: (
+            (c.method == "proposed" and c.seed >= 2)
+            or (c.method == "temporal_ensembling" and c.seed == 0)
+            or (c.method == "baseline" and c.seed == 3)
+        ),
+    )
+    data = _build(tmp_path, "table2")
+    tidy = data.tidy.set_index("label")
+    assert tidy.loc["Proposed", "r_mean"] == tidy["r_mean"].max()
+    shown = display_frame(data, "md")
+    assert not shown.loc["R", "Proposed"].startswith("**")
+    assert shown.loc["R", "Π-model"].startswith("**")  # the best of the 4-seed cells
+    assert shown.loc["p (Holm)", "Proposed"] == "—" and np.isnan(tidy.loc["Proposed", "p_value"])
+    # far better than the reference: no resample reaches 0, p < 1/B, Holm-scaled
+    assert tidy.loc["Π-model", "p_bound"] and tidy.loc["Π-model", "p_value"] == 1 / 2000
+    # two tests (Temp. Ensemble has 2 paired seeds): Holm scales the smallest p by 2
+    assert shown.loc["p (Holm)", "Π-model"] == "<0.0010"
+    assert shown.loc["p (Holm)", "Temp. Ensemble"] == "—"
+    assert tidy.loc["Temp. Ensemble", "paired_seeds"] == 2  # seeds 1, 2 of 1, 2, 3
+    assert "Temp. Ensemble: ΔR paired on the 2 seeds it shares with Baseline" in data.footer
+    assert "Bold: best among the cells with 4 seeds" in data.footer
+
+
+def test_five_seeds_with_the_data_draw_redrawn(tmp_path):
+    sets = {"split.redraw": "true"}
+    write_runs(tmp_path, "table2", 5, sets=sets)
+    data = _build(tmp_path, "table2", sets)
+    tested = data.tidy["p_value"].notna()
+    assert tested.sum() == 4 and (data.tidy["paired_seeds"][tested] == 5).all()
+    assert data.tidy.loc[tested, "p_sign_flip_holm"].notna().all()
+    assert "labeled subset redrawn per seed" in data.footer
+    assert "paired by seed and labeled-subset draw" in data.footer
+    assert display_frame(data, "md").loc["sign-flip p (Holm)", "Proposed"] != "—"
 
 
 def test_table_without_runs_shows_dashes(tmp_path):
@@ -167,7 +251,7 @@ def test_cli_lists_runs_and_writes_tables(table4_runs):
 
     runner = CliRunner()
     listed = runner.invoke(app, ["list", "runs", "--out", str(table4_runs), "--csv"])
-    assert listed.exit_code == 0 and len(listed.stdout.strip().splitlines()) == 13
+    assert listed.exit_code == 0 and len(listed.stdout.strip().splitlines()) == 19
     args = [
         "table",
         "table4",
@@ -182,6 +266,19 @@ def test_cli_lists_runs_and_writes_tables(table4_runs):
     assert made.exit_code == 0, made.output
     assert (table4_runs / "tables" / "table4.tex").read_text().count("\\bottomrule") == 1
     assert not (table4_runs / "tables" / "table4.md").exists()
+    made = runner.invoke(app, args)
+    assert made.exit_code == 0, made.output
+    folder = table4_runs / "tables"
+    md, tex = (folder / "table4.md").read_text(), (folder / "table4.tex").read_text()
+    frame = pd.read_csv(folder / "table4.csv", comment="#")
+    assert "p (Holm)" in md and "sign-flip p (Holm)" in md and "stage 1 kept" in md
+    assert "Power (80 %" in md and "† every seed kept" in md
+    assert "p (Holm)" in tex and "\\dag{}" in tex and "Power (80 \\%" in tex
+    assert {"p_value", "p_holm", "mde", "seeds_needed", "n_selected_stage1"} <= set(frame.columns)
+    notes = [
+        line[2:] for line in (folder / "table4.csv").read_text().splitlines() if line[:2] == "# "
+    ]
+    assert len(notes) >= 4 and all(note in md for note in notes)
 
 
 def test_table3_keeps_triplet_and_atl_apart(tmp_path):
@@ -198,3 +295,24 @@ def test_table3_keeps_triplet_and_atl_apart(tmp_path):
     assert (data.tidy["seeds"] == 1).all()
     md = to_markdown(data)
     assert "Baseline (no triplet term)" in md and md.count("\n| 0.") == 4 and "\n| 1.0 " in md
+    assert "λ raw" not in md  # raw targets: the margins are the paper's scale already
+
+
+def test_table3_shows_raw_scale_margins_for_z_scored_targets(tmp_path):
+    sets = {"target_norm": "zscore"}
+    write_runs(tmp_path, "table3", 1, sets=sets)
+    data = _build(tmp_path, "table3", sets)
+    tidy = data.tidy.set_index(["group", "label"])
+    sigma2 = 0.2**2  # the fake records' target SD
+    weight = tidy.loc[("ATL", "0.5"), "lambda_raw"] / sigma2
+    assert weight == pytest.approx(0.5)  # λ = 0.5 (TripletParams' default) → λσ²
+    assert tidy.loc[("ATL", "0.5"), "margin_raw"] == pytest.approx(0.5 / sigma2)  # m/σ²
+    assert tidy.loc[("Triplet Loss", "0.3"), "margin_raw"] == pytest.approx(0.3)  # α = 1: m
+    assert np.isnan(tidy.loc[("Baseline", "Baseline"), "lambda_raw"])
+    shown = display_frame(data, "md")
+    assert (
+        shown.loc["0.5", ("ATL", "m raw")] == "12.5"
+        and shown.loc["0.5", ("ATL", "λ raw")] == "0.02"
+    )
+    assert "z-scored target scale, not the paper's" in data.footer
+    assert "$\\lambda$ raw" in to_latex(data)
