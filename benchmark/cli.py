@@ -383,7 +383,10 @@ def tune(
             f"Tuned with {equal_budget} trials each ({kind}), compared on test over {seeds} seeds"
         )
         text = markdown_table(
-            frame, title, f"Measured with bmdbench tune {kind} --equal-budget {equal_budget}."
+            frame,
+            title,
+            f"Measured with bmdbench tune {kind} --equal-budget {equal_budget}.",
+            verbatim=True,
         )
         out_console.print(text)
         path = out / "tables" / f"equal-budget-{kind}-{'-'.join(best)}.md"
