@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +32,7 @@ from rich.progress import (
 
 from bmdbench.config import StageConfig
 from bmdbench.data.augment import BatchAugment
-from bmdbench.data.module import DataModule
+from bmdbench.data.module import Batch, DataModule
 from bmdbench.errors import ConfigError
 from bmdbench.methods.base import FitContext, Method
 from bmdbench.metrics import regression_metrics
@@ -102,16 +102,20 @@ class Trainer:
         log_path: Path | None = None,
         console: Console | None = None,
         show_progress: bool = True,
+        amp: str = "auto",
     ) -> None:
         self.device = device
         self.cuda = device.type == "cuda"
+        self.mixed = amp == "bf16" or (amp == "auto" and self.cuda)
         self.log_path = log_path
         self.console = console or Console(stderr=True)
         self.show_progress = show_progress
 
     def autocast(self) -> AbstractContextManager[Any]:
-        if self.cuda:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 autocast for the networks' forward passes (``amp``); the regression head and
+        the losses run in fp32 (see :class:`~bmdbench.methods.base.Regressor`)."""
+        if self.mixed:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     def prepare(self, method: Method) -> Method:
@@ -138,7 +142,6 @@ class Trainer:
         ``on_epoch``: told each epoch's validation metrics; raising :class:`Stopped` ends the run.
         """
         method = self.prepare(method)
-        with_unlabeled = method.stage == 2
         ctx = self.context(method, data, stage, augment)
         steps = ctx.steps_per_epoch
         optimiser = torch.optim.Adam(
@@ -160,17 +163,16 @@ class Trainer:
             steps_task = progress.add_task("steps", total=steps, info="")
             for epoch in range(stage.epochs):
                 ctx.epoch, ctx.log = epoch, {}
-                lr = _lr(stage, epoch)
-                for group in optimiser.param_groups:
-                    group["lr"] = lr
+                lr = lr_at(stage, epoch * steps, steps)
                 method.on_epoch_start(ctx)
                 method.train()
                 sums: dict[str, torch.Tensor] = {}
                 progress.reset(steps_task, total=steps)
                 epoch_start = time.perf_counter()
-                for i, batch in enumerate(
-                    data.train_batches(stage.batch_size, with_unlabeled, generator)
-                ):
+                for i, batch in enumerate(self._batches(method, data, stage, generator)):
+                    lr = lr_at(stage, epoch * steps + i, steps)
+                    for group in optimiser.param_groups:
+                        group["lr"] = lr
                     with self.autocast():
                         losses = method.training_step(batch, ctx)
                     optimiser.zero_grad(set_to_none=True)
@@ -231,13 +233,32 @@ class Trainer:
             images_seen=images_seen,
         )
 
+    def _batches(
+        self, method: Method, data: DataModule, stage: StageConfig, generator: torch.Generator
+    ) -> Iterator[Batch]:
+        """Stage 1: shuffled labeled images. Stage 2: a fixed labeled share per batch for
+        methods whose unlabeled images carry no target (``method.two_stream``), otherwise
+        labeled and pseudo-labeled images shuffled together (pseudo labels are labels)."""
+        if method.stage == 1:
+            return data.train_batches(stage.batch_size, False, generator)
+        if method.two_stream:
+            return data.two_stream_batches(stage.batch_size, stage.labeled_per_batch, generator)
+        return data.train_batches(stage.batch_size, True, generator)
+
     def context(
         self, method: Method, data: DataModule, stage: StageConfig, augment: BatchAugment
     ) -> FitContext:
-        """The FitContext of a stage: what ``method`` may ask of the Trainer and the data."""
+        """The FitContext of a stage: what ``method`` may ask of the Trainer and the data.
+
+        ``ctx.augment`` runs in fp32 even when called under autocast."""
         augment = augment.to(self.device)
+
+        def augment_fp32(x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(self.device.type, enabled=False):
+                return self._layout(augment(x.float()))
+
         return FitContext(
-            augment=lambda x: self._layout(augment(x)),
+            augment=augment_fp32,
             predict_pool=lambda predictor: self._predict_pool(method, data, predictor),
             pool_size=data.pool_size,
             n_labeled=data.n_labeled,
@@ -316,10 +337,26 @@ class Trainer:
         )
 
 
-def _lr(stage: StageConfig, epoch: int) -> float:
+def lr_at(stage: StageConfig, step: int, steps_per_epoch: int) -> float:
+    """The learning rate of optimiser step ``step`` (0-based, counted over the whole stage).
+
+    ``step``: ``lr`` until epoch ``lr_drop_epoch``, ``lr_after_drop`` from then on.
+    ``cosine``: ``lr · ½(1 + cos(π·step/total))``, from ``lr`` at the first step towards 0.
+    """
+    if stage.schedule == "cosine":
+        total = max(1, stage.epochs * steps_per_epoch)
+        return stage.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+    epoch = step // max(1, steps_per_epoch)
     if stage.lr_drop_epoch is not None and epoch >= stage.lr_drop_epoch:
         return stage.lr_after_drop
     return stage.lr
+
+
+def lr_budget(stage: StageConfig, steps_per_epoch: int) -> float:
+    """The stage's optimisation budget: the sum of the learning rate over its steps."""
+    return math.fsum(
+        lr_at(stage, step, steps_per_epoch) for step in range(stage.epochs * steps_per_epoch)
+    )
 
 
 def _score(metrics: dict[str, float]) -> float:

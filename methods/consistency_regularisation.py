@@ -2,9 +2,12 @@
 
 Π-model and temporal ensembling: Laine & Aila, "Temporal ensembling for
 semi-supervised learning", ICLR 2017. Mean teacher: Tarvainen & Valpola,
-NeurIPS 2017. All fine-tune a stage-1 checkpoint; the labeled images keep their
-MSE term; the consistency term covers every image of the batch (labeled and
-unlabeled, as in both papers) with a weight ramped up by exp(−5(1−t)²).
+NeurIPS 2017. All fine-tune a stage-1 checkpoint. Every batch holds a fixed
+number of labeled images beside the unlabeled ones (``stage2.labeled_per_batch``,
+mean teacher's labeled sub-batch), so the MSE term is averaged over the same
+number of images on every step; the consistency term covers every image of the
+batch (labeled and unlabeled, as in both papers) with a weight ramped up by
+exp(−5(1−t)²).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class ConsistencyParams:
 
 class _Consistency(Method):
     stage = 2
+    two_stream = True
     unsupervised_terms = ("consistency",)
     search_space: ClassVar[dict[str, Range]] = {"consistency_weight": CONSISTENCY_WEIGHT}
 

@@ -103,9 +103,36 @@ class DataModule:
                 index=index,
             )
 
+    def two_stream_batches(
+        self, batch_size: int, labeled_per_batch: int, generator: torch.Generator
+    ) -> Iterator[Batch]:
+        """One stage-2 epoch in which every batch holds ``labeled_per_batch`` labeled images
+        followed by ``batch_size - labeled_per_batch`` unlabeled ones (mean teacher's labeled
+        sub-batch). Each stream walks its own shuffled order and starts a new shuffle when it
+        runs out, so the supervised term is averaged over the same number of images on every
+        step. The epoch has as many steps as one pass over the whole pool
+        (:meth:`steps_per_epoch`), so every stage-2 method gets the same optimisation budget.
+        """
+        steps = self.steps_per_epoch(batch_size, with_unlabeled=True)
+        labeled = _stream(self.n_labeled, labeled_per_batch * steps, generator)
+        n_unlabeled = self.pool_size - self.n_labeled
+        unlabeled = self.n_labeled + _stream(
+            n_unlabeled, (batch_size - labeled_per_batch) * steps, generator
+        )
+        labeled = labeled.view(steps, labeled_per_batch).to(self.device)
+        unlabeled = unlabeled.view(steps, -1).to(self.device)
+        for step in range(steps):
+            index = torch.cat([labeled[step], unlabeled[step]])
+            targets = self.pool_targets[index]
+            yield Batch(
+                images=self.to_float(self._pool_images[index]),
+                targets=targets,
+                labeled=torch.isfinite(targets),
+                index=index,
+            )
+
     def steps_per_epoch(self, batch_size: int, with_unlabeled: bool) -> int:
-        n = self.pool_size if with_unlabeled else self.n_labeled
-        return n // batch_size + int(n % batch_size >= 2)
+        return steps_per_epoch(self.pool_size if with_unlabeled else self.n_labeled, batch_size)
 
     def pool_chunks(self, chunk: int = 256) -> Iterator[torch.Tensor]:
         """The whole training pool in order, float, un-augmented, for pool-wide predictions."""
@@ -120,3 +147,14 @@ class DataModule:
     def eval_targets(self, split: str) -> np.ndarray:
         """Targets of ``val`` or ``test`` in their own unit."""
         return self._eval[split][1]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimiser steps of one pass over ``n`` images (a last batch of one image is dropped)."""
+    return n // batch_size + int(n % batch_size >= 2)
+
+
+def _stream(n: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    """``length`` indices in [0, n): back-to-back random permutations of ``range(n)``."""
+    laps = -(-length // n)
+    return torch.cat([torch.randperm(n, generator=generator) for _ in range(laps)])[:length]
