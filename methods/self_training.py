@@ -134,15 +134,23 @@ class SelfTraining(_PseudoLabels):
         ctx.log["pseudo_refreshes"] = float(self.refreshes)
 
     def training_step(self, batch: Batch, ctx: FitContext) -> dict[str, torch.Tensor]:
-        """Both views carry the (pseudo) targets; Lc ties their embeddings and predictions."""
+        """Both views carry the (pseudo) targets; Lc ties their embeddings and predictions.
+
+        With λ′ = 0 there is no Lc and one view is drawn, so the ablation differs from
+        ``proposed`` in the consistency term alone.
+        """
+        p = self.params
         f1, y1 = self.regressor(ctx.augment(batch.images))
+        if p.consistency_weight == 0:
+            terms = self.supervised_terms(f1, y1, batch)
+            terms.setdefault("atl", torch.zeros((), device=y1.device))
+            return {"loss": terms["mse"] + p.weight * terms["atl"], **terms}
         f2, y2 = self.regressor(ctx.augment(batch.images))
         view1 = self.supervised_terms(f1, y1, batch)
         view2 = self.supervised_terms(f2, y2, batch)
         terms = {k: (view1[k] + view2[k]) / 2 for k in view1}
         terms.setdefault("atl", torch.zeros((), device=y1.device))
-        terms["consistency"] = consistency(f1.float(), f2.float(), y1.float(), y2.float())
-        p = self.params
+        terms["consistency"] = consistency(f1, f2, y1, y2)
         loss = terms["mse"] + p.weight * terms["atl"] + p.consistency_weight * terms["consistency"]
         return {"loss": loss, **terms}
 
@@ -166,3 +174,4 @@ class SelfTrainingNoConsistency(SelfTraining):
 
     Params = NoConsistencyParams
     search_space: ClassVar[dict[str, Range]] = {"margin": MARGIN, "weight": TRIPLET_WEIGHT}
+    unsupervised_terms: ClassVar[tuple[str, ...]] = ("mse_pseudo",)

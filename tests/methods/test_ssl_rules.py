@@ -115,3 +115,26 @@ def test_self_training_refreshes_only_when_both_improve():
     assert len(calls) == 2 and method.summary() == {"pseudo_refreshes": 2.0}
     # labeled images keep their labels; unlabeled ones get the model's predictions
     assert method.pseudo.tolist() == pytest.approx([0.5, 0.7, 0.8])
+
+
+def test_the_no_consistency_ablation_draws_one_view_and_proposed_two(imageset):
+    from bmdbench.config import SplitConfig
+    from bmdbench.data.module import DataModule
+    from bmdbench.data.splits import make_split
+    from bmdbench.methods.self_training import NoConsistencyParams, SelfTrainingNoConsistency
+
+    data = DataModule(
+        imageset, make_split(imageset, SplitConfig(val=8, test=8)), torch.device("cpu")
+    )
+    batch = next(data.train_batches(8, True, torch.Generator().manual_seed(0)))
+    for cls, params, views in (
+        (SelfTrainingNoConsistency, NoConsistencyParams(), 1),
+        (SelfTraining, SelfTrainingParams(), 2),
+    ):
+        calls = []
+        ctx = SimpleNamespace(augment=lambda x, calls=calls: calls.append(1) or x)
+        method = cls(Regressor(build_backbone("tiny")), params)
+        method.register_buffer("pseudo", data.pool_targets.clone(), persistent=False)
+        losses = method.training_step(batch, ctx)
+        assert len(calls) == views
+        assert ("consistency" in losses) == (views == 2)
