@@ -213,7 +213,7 @@ def _train(
     data = DataModule(images, split, device, cfg.target_norm)
     store.write_json(run_dir / "config.json", to_dict(cfg))
     store.write_json(run_dir / "split.json", split.to_json(images))
-    trainer = Trainer(device, run_dir / "epochs.jsonl", console, show_progress)
+    trainer = Trainer(device, run_dir / "epochs.jsonl", console, show_progress, amp=cfg.amp)
     stage = cfg.stage2 if method.stage == 2 else cfg.stage1
     result = trainer.fit(
         method,
