@@ -81,6 +81,7 @@ class StageConfig:
         100  # step schedule: from this epoch on (0-based) use lr_after_drop; None: constant
     )
     lr_after_drop: float = 1e-5
+    warmup: float = 0.0  # fraction of the stage's steps over which lr rises linearly from 0
     weight_decay: float = 4e-4  # Adam's (L2) weight decay
     batch_size: int = 16
     labeled_per_batch: int = 4  # stage 2, two-stream methods: labeled images in every batch
@@ -137,8 +138,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "target_norm": "zscore",
         "synth": {"n_labeled": 440, "n_patients": 340, "n_unlabeled": 1000},
         "split": {"val": 90, "test": 250},
-        "stage1": {"epochs": 30, "lr": 3e-4, "schedule": "cosine"},
-        "stage2": {"epochs": 2, "lr": 8e-4, "schedule": "cosine"},
+        "stage1": {"epochs": 30, "lr": 1e-4, "schedule": "cosine"},
+        "stage2": {"epochs": 2, "lr": 2.65e-4, "schedule": "cosine", "warmup": 0.3},
     },
     "smoke": {
         "image_size": 32,

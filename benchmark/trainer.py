@@ -341,11 +341,17 @@ def lr_at(stage: StageConfig, step: int, steps_per_epoch: int) -> float:
     """The learning rate of optimiser step ``step`` (0-based, counted over the whole stage).
 
     ``step``: ``lr`` until epoch ``lr_drop_epoch``, ``lr_after_drop`` from then on.
-    ``cosine``: ``lr · ½(1 + cos(π·step/total))``, from ``lr`` at the first step towards 0.
+    ``cosine``: ``lr · ½(1 + cos(π·t))``, t going from 0 at the first step after the warm-up
+    towards 1 at the end. ``warmup``: over that fraction of the steps the lr rises linearly
+    to ``lr`` (a fresh Adam at full lr would jolt the converged weights of stage 1).
     """
+    total = max(1, stage.epochs * steps_per_epoch)
+    warmup = round(stage.warmup * total)
+    if step < warmup:
+        return stage.lr * (step + 1) / (warmup + 1)
     if stage.schedule == "cosine":
-        total = max(1, stage.epochs * steps_per_epoch)
-        return stage.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+        t = (step - warmup) / max(1, total - warmup)
+        return stage.lr * 0.5 * (1.0 + math.cos(math.pi * t))
     epoch = step // max(1, steps_per_epoch)
     if stage.lr_drop_epoch is not None and epoch >= stage.lr_drop_epoch:
         return stage.lr_after_drop

@@ -57,6 +57,9 @@ def test_cosine_and_step_schedules():
     step = StageConfig(epochs=3, lr=1.0, lr_drop_epoch=1, lr_after_drop=0.1)
     assert [lr_at(step, s, 2) for s in range(6)] == pytest.approx([1, 1, 0.1, 0.1, 0.1, 0.1])
     assert lr_budget(step, 2) == pytest.approx(2.4)
+    warm = StageConfig(epochs=1, lr=1.0, schedule="cosine", warmup=0.5)
+    # 2 warm-up steps of 4: 1/3, 2/3; then cosine over the last 2 steps: 1, ½(1 + cos(π/2))
+    assert [lr_at(warm, s, 4) for s in range(4)] == pytest.approx([1 / 3, 2 / 3, 1.0, 0.5])
 
 
 def budget_ratio(preset: str) -> float:
