@@ -129,7 +129,7 @@ class SelfTraining(_PseudoLabels):
         "weight": TRIPLET_WEIGHT,
         "consistency_weight": CONSISTENCY_WEIGHT,
     }
-    unsupervised_terms = ("mse_pseudo", "consistency")
+    unsupervised_terms: ClassVar[tuple[str, ...]] = ("mse_pseudo", "consistency")
 
     def on_stage_start(self, ctx: FitContext) -> None:
         super().on_stage_start(ctx)
