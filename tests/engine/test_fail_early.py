@@ -100,6 +100,7 @@ def test_backbone_and_pretrained_weights_are_resolved_before_the_run_starts(bmdb
         (["--backbone", "nope"], "unknown backbone 'nope'"),
         (["--pretrained", tmp_path / "missing.pt"], "does not exist"),
         (["--pretrained", text], "cannot load"),
+        (["--pretrained", tmp_path], "is a folder"),
         (["--pretrained", other], "has no weights for backbone 'tiny'"),
         (["--backbone", "vgg11_bn", "--set", "image_size=16"], "cannot take 16×16-pixel images"),
     ]
@@ -129,6 +130,15 @@ def test_values_that_make_no_sense_are_refused(bmdbench, tmp_path, args, words):
     out = tmp_path / "results"
     result = bmdbench("run", "-m", "baseline", *SMOKE, "--out", out, *args)
     assert_clean_failure(result, 2, words)
+    assert listing(out) is None
+
+
+def test_a_gpu_the_machine_lacks(bmdbench, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    out = tmp_path / "results"
+    args = ["run", "-m", "baseline", *SMOKE, "--device", "cuda:3", "--out", out]
+    assert_clean_failure(bmdbench(*args), 2, "names GPU 3 but this machine has 1")
     assert listing(out) is None
 
 
