@@ -13,6 +13,7 @@ import difflib
 from pathlib import Path
 
 import timm
+import torch
 from torch import nn
 
 # isort: off
@@ -32,6 +33,7 @@ __all__ = [
     "TimmBackbone",
     "backbone_names",
     "build_backbone",
+    "check_backbone",
     "count_parameters",
     "describe",
     "load_pretrained",
@@ -66,6 +68,32 @@ def build_backbone(name: str, pretrained: str | Path | None = None, in_chans: in
     if pretrained is not None:
         load_pretrained(backbone, pretrained, name)
     return backbone
+
+
+def check_backbone(name: str, pretrained: str | Path | None, size: tuple[int, int]) -> None:
+    """Build ``name`` with its ``pretrained`` weights and pass one single-channel image of
+    ``size`` (H, W) through it on the meta device (shapes only, no arithmetic), so that an
+    unknown name, unusable weights or images the network cannot take fail before a run
+    starts (:class:`ConfigError`, :class:`~bmdbench.errors.CheckpointError`)."""
+    backbone = build_backbone(name, pretrained).eval().to("meta")
+    try:
+        with torch.no_grad():
+            features = backbone(torch.zeros(1, 1, *size, device="meta"))
+    except NotImplementedError:  # an operation without a meta kernel: the run will tell
+        return
+    except (RuntimeError, ValueError, AssertionError) as exc:  # timm asserts input sizes
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        raise ConfigError(
+            f"backbone {name!r} cannot take {size[0]}×{size[1]}-pixel images ({reason})",
+            "raise image_size (--set image_size=...) or choose another backbone",
+        ) from None
+    if tuple(features.shape) != (1, backbone.embed_dim):
+        raise ConfigError(
+            f"backbone {name!r} gives features of shape {tuple(features.shape)[1:]}, "
+            f"not ({backbone.embed_dim},)",
+            "choose a backbone that pools its features (bmdbench list backbones)",
+        )
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:

@@ -83,6 +83,11 @@ def load_pretrained(backbone: Backbone, path: str | Path, name: str) -> None:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.is_dir():
+        raise CheckpointError(
+            f"pretrained weights file {path} is a folder",
+            "give the weights file itself (written by torch.save)",
+        )
     if not path.is_file():
         raise CheckpointError(
             f"pretrained weights file {path} does not exist",

@@ -60,17 +60,25 @@ def main() -> None:
     rows = []
     for network in args.networks.split(","):
         seconds, stdout = timed(
-            ["bmdbench", "run", "--method", "baseline", "--backbone", network]
-            + ["--preset", "quick", "--data", manifest, "--seed", args.seed]
-            + ["--out", str(work / "out"), "--quiet", *sizes]
+            [
+                *["bmdbench", "run", "--method", "baseline", "--backbone", network],
+                *["--preset", "quick", "--data", manifest, "--seed", args.seed],
+                *["--out", str(work / "out"), "--quiet", *sizes],
+            ]
         )
         run_dir = Path(stdout.strip().splitlines()[-1])
         record = json.loads((run_dir / "record.json").read_text())
         ref_seconds, ref_out = timed(
-            [sys.executable, str(Path(__file__).with_name("reference_supervised.py")), manifest]
-            + ["--split", str(run_dir / "split.json"), "--network", network]
-            + ["--size", str(quick.image_size), "--epochs", str(quick.stage1.epochs)]
-            + ["--seed", args.seed]
+            [
+                *[
+                    sys.executable,
+                    str(Path(__file__).with_name("reference_supervised.py")),
+                    manifest,
+                ],
+                *["--split", str(run_dir / "split.json"), "--network", network],
+                *["--size", str(quick.image_size), "--epochs", str(quick.stage1.epochs)],
+                *["--seed", args.seed],
+            ]
         )
         reference = json.loads(ref_out.strip().splitlines()[-1])
         rows.append(
@@ -84,7 +92,9 @@ def main() -> None:
             }
         )
         print(json.dumps(rows[-1]), flush=True)
-    print(f"data {args.data}, epochs {quick.stage1.epochs}, {quick.image_size} px, seed {args.seed}")
+    print(
+        f"data {args.data}, epochs {quick.stage1.epochs}, {quick.image_size} px, seed {args.seed}"
+    )
 
 
 if __name__ == "__main__":

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 import bmdbench
@@ -41,9 +43,13 @@ def _main(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
-    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")] = False,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks of errors and libraries' warnings.")
+    ] = False,
 ) -> None:
     _state["debug"] = debug
+    if debug:
+        os.environ["BMDBENCH_DEBUG"] = "1"  # read by bmdbench.dispatch, and by grid workers
 
 
 Method = Annotated[
@@ -210,7 +216,7 @@ def grid(
     ] = False,
 ) -> None:
     """Run the cells of a paper table (or a custom grid); resumes where it stopped."""
-    from bmdbench.dispatch import default_storage
+    from bmdbench.dispatch import default_storage, open_storage
     from bmdbench.errors import ConfigError
     from bmdbench.grid import make_plan, print_plan, run_grid
 
@@ -218,12 +224,13 @@ def grid(
         raise ConfigError(
             f"--workers {workers} is not a positive count", "give --workers 1 or more"
         )
+    store.check_out(out, "runs", "grids")
     cells = _grid_cells(table, methods, backbones, seeds, preset, data, unlabeled, device, set_)
-    plan = make_plan(cells, out)
+    plan = make_plan(cells, out)  # every cell checked as `bmdbench run` would
+    url = storage or default_storage(out)
+    open_storage(url)  # a bad URL or a missing driver: before the plan is shown
     print_plan(out_console, plan)
-    counts = run_grid(
-        plan, out, storage or default_storage(out), workers, retry_failed, out_console
-    )
+    counts = run_grid(plan, out, url, workers, retry_failed, out_console)
     out_console.print(
         f"{counts.done} of {counts.cells} cells done, {counts.failed} failed; runs in {out / 'runs'}"
     )
@@ -281,6 +288,7 @@ def table(
     formats = FORMATS if fmt is None else (fmt,)
     if fmt is not None and fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}", f"use one of: {', '.join(FORMATS)}")
+    store.check_out(out, "tables")
     if name == "tune":
         _table_tune(study, storage, out, formats)
         return
@@ -348,6 +356,7 @@ def tune(
     from bmdbench.config import default_preset, parse_set
     from bmdbench.dispatch import default_storage
     from bmdbench.errors import ConfigError
+    from bmdbench.runner import check
     from bmdbench.tables import markdown_table
     from bmdbench.tune import (
         DEFAULT_METHOD,
@@ -361,12 +370,16 @@ def tune(
     )
 
     sets = tuple(sorted(parse_set(set_ or []).items()))
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"--timeout {timeout} is not a positive time", "give seconds > 0")
+    store.check_out(out, "runs", "studies", "tables")
 
     def search_for(name: str) -> Search:
         search = Search(
             kind, name, backbone, preset or default_preset(), data, unlabeled, seed, device, sets
         )
-        search_space(search.method, search.kind)  # an impossible search fails before any work
+        search_space(search.method, search.kind)  # an impossible search fails before any work,
+        check(search.config(), out)  # and so does a run it could not start
         return search
 
     if equal_budget is not None:
@@ -375,6 +388,8 @@ def tune(
                 "--equal-budget needs a positive trial count and --methods",
                 "e.g. bmdbench tune all --equal-budget 10 --methods pi_model,mean_teacher,proposed",
             )
+        if seeds < 1:
+            raise ConfigError(f"--seeds {seeds} is not a positive count", "give --seeds 1 or more")
         searches = [search_for(m) for m in _names(methods)]
         url = storage or default_storage(out)
         best = equal_budget_best(searches, equal_budget, url, out, out_console)
@@ -466,6 +481,7 @@ def plot(
     from bmdbench.plots import plot_run
 
     folder = out or run_dir.resolve().parent.parent / "figures" / run_dir.resolve().name
+    store.check_out(folder)
     for path in plot_run(run_dir, folder):
         print(path)
 
@@ -556,6 +572,7 @@ def data_synth(
     from bmdbench.data.synthetic import write_synthetic
 
     cfg = resolve("baseline", "tiny", preset or default_preset(), parse_set(set_ or []))
+    store.check_out(out)
     manifest = write_synthetic(cfg.synth, cfg.image_size, out)
     print(manifest)
 
@@ -570,8 +587,15 @@ def data_check(
     out_console.print(render_summary(check_manifest(manifest)))
 
 
+def _error(message: str) -> None:
+    """``error: <message>`` on stderr, on one line, however the message was written."""
+    line = " ".join(message.split())
+    err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+
+
 def main() -> None:
-    """Console entry point: user errors become one line and exit status 2."""
+    """Console entry point: a user's mistake becomes one line and exit status 2; a failure
+    of the environment (a full disk) one line and exit status 1; ``--debug`` re-raises."""
     from bmdbench.runner import RunFailed
 
     try:
@@ -579,16 +603,23 @@ def main() -> None:
     except BmdError as exc:
         if _state["debug"]:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _error(str(exc))
+        sys.exit(exc.exit_status)
     except RunFailed as exc:
         if _state["debug"]:
             raise
-        err_console.print(
-            f"[bold red]error:[/] {exc} — record in {exc.run_dir}; "
-            "a diverged run usually needs a lower learning rate (--set stage1.lr=...)",
-            highlight=False,
-            soft_wrap=True,
+        _error(
+            f"{exc} — record in {exc.run_dir}; "
+            "a diverged run usually needs a lower learning rate (--set stage1.lr=...)"
+        )
+        sys.exit(1)
+    except OSError as exc:  # reading or writing a file failed outside a run's own writes
+        if _state["debug"]:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        _error(
+            f"{where}{exc.strerror or exc} — check the path, the free disk space and the "
+            "permissions (--debug shows where it happened)"
         )
         sys.exit(1)
 

@@ -6,6 +6,10 @@ Keys are dotted paths into :class:`RunConfig` (``seed``, ``stage1.epochs``,
 hyperparameters (``atl.margin``, ``proposed.consistency_weight``). An unknown key
 or a value of the wrong type is a :class:`~bmdbench.errors.ConfigError` that
 lists the valid keys.
+
+Every setting declares the values it accepts next to its field
+(``field(default=..., metadata=above(0))``, see :class:`Valid`); :func:`resolve`
+checks them all, and the rules between settings, in one pass (:func:`validate`).
 """
 
 from __future__ import annotations
@@ -13,9 +17,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,14 +32,84 @@ from bmdbench.errors import ConfigError
 
 
 @dataclass(frozen=True)
+class Valid:
+    """The values a setting accepts, declared in its field's metadata (key ``"valid"``).
+
+    ``accepts`` tests a value (``None`` of an optional setting is never tested);
+    ``wanted`` completes "use ..." in the error; ``problem`` says what a rejected value is.
+    """
+
+    accepts: Callable[[Any], bool]
+    wanted: Callable[[], str]
+    problem: str = "is out of range"
+
+
+def _valid(accepts: Callable[[Any], bool], wanted: str) -> dict[str, Valid]:
+    def finite_and(v: Any) -> bool:  # ints need no test (and may exceed a float's range)
+        return (isinstance(v, int) or math.isfinite(v)) and accepts(v)
+
+    return {"valid": Valid(finite_and, lambda: wanted)}
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+def above(low: float) -> dict[str, Valid]:
+    """A number > ``low``."""
+    return _valid(lambda v: v > low, f"a value > {_num(low)}")
+
+
+def at_least(low: float) -> dict[str, Valid]:
+    """A number ≥ ``low``."""
+    return _valid(lambda v: v >= low, f"a value ≥ {_num(low)}")
+
+
+def between(low: float, high: float, *, open_: bool = False) -> dict[str, Valid]:
+    """A number in [low, high], or in (low, high) with ``open_``."""
+    if open_:
+        return _valid(lambda v: low < v < high, f"a value in ({_num(low)}, {_num(high)})")
+    return _valid(lambda v: low <= v <= high, f"a value in [{_num(low)}, {_num(high)}]")
+
+
+def one_of(*names: str) -> dict[str, Valid]:
+    """One of ``names``."""
+    return {
+        "valid": Valid(lambda v: v in names, lambda: f"one of: {', '.join(names)}", "is not known")
+    }
+
+
+def count_or_fraction() -> dict[str, Valid]:
+    """An image count (a whole number ≥ 1) or a fraction in (0, 1)."""
+    return _valid(
+        lambda v: 0 < v < 1 or (v >= 1 and (isinstance(v, int) or v.is_integer())),
+        "a count (a whole number ≥ 1) or a fraction in (0, 1)",
+    )
+
+
+SEED = between(0, 2**32 - 1)  # numpy and torch both take seeds in this range
+DEVICE = {
+    "valid": Valid(
+        lambda v: re.fullmatch(r"auto|cpu|cuda(:\d+)?", v) is not None,
+        lambda: "auto, cpu, cuda or cuda:N",
+        "is not known",
+    )
+}
+
+
+@dataclass(frozen=True)
 class SynthConfig:
     """Sizes of the embedded synthetic hip-phantom dataset (see ``bmdbench.data.synthetic``)."""
 
-    n_labeled: int = 1090  # labeled images (DEXA-measured BMD)
-    n_patients: int = 819  # distinct patients among the labeled images (some have several)
-    n_unlabeled: int = 8219  # unlabeled images, one patient each, true BMD kept for diagnostics
-    seed: int = 0  # generator seed: fixes the dataset, independent of the training seed
-    label_noise: float = 0.015  # relative SD of the DEXA measurement error on labels
+    n_labeled: int = field(default=1090, metadata=at_least(1))  # labeled images (DEXA BMD)
+    # distinct patients among the labeled images (some have several); at most n_labeled
+    n_patients: int = field(default=819, metadata=at_least(1))
+    # unlabeled images, one patient each, true BMD kept for diagnostics
+    n_unlabeled: int = field(default=8219, metadata=at_least(0))
+    # generator seed: fixes the dataset, independent of the training seed
+    seed: int = field(default=0, metadata=SEED)
+    # relative SD of the DEXA measurement error on labels
+    label_noise: float = field(default=0.015, metadata=at_least(0))
 
 
 @dataclass(frozen=True)
@@ -44,13 +120,18 @@ class SplitConfig:
     images when < 1. ``train`` is the label budget: ``None`` keeps every remaining
     labeled image for training; a count (or a fraction of the remaining images)
     keeps that many and turns the rest into unlabeled images whose targets are
-    hidden from methods but kept for diagnostics.
+    hidden from methods but kept for diagnostics. The training images must fill at
+    least one stage-1 batch (checked where the split is made).
     """
 
-    train: float | None = None  # label budget (None: all remaining labeled images)
-    val: float = 150 / 1090  # validation images: count (>=1) or fraction (<1)
-    test: float = 500 / 1090  # test images: count (>=1) or fraction (<1)
-    seed: int = 0  # split seed: fixed, so every method and training seed sees the same test set
+    # label budget (None: all remaining labeled images)
+    train: float | None = field(default=None, metadata=count_or_fraction())
+    # validation images: count (>=1) or fraction (<1)
+    val: float = field(default=150 / 1090, metadata=count_or_fraction())
+    # test images: count (>=1) or fraction (<1)
+    test: float = field(default=500 / 1090, metadata=count_or_fraction())
+    # split seed: fixed, so every method and training seed sees the same test set
+    seed: int = field(default=0, metadata=SEED)
     use_column: bool = True  # obey the manifest's `split` column when it has one
     # draw the labeled training subset and validation split anew for each training seed;
     # the test set stays fixed
@@ -61,30 +142,39 @@ class SplitConfig:
 class AugmentConfig:
     """Random augmentation of training batches, per-sample parameters, on the device."""
 
-    rotation_deg: float = 10.0  # rotation drawn from [-r, r] degrees
-    translate: float = 0.05  # shift drawn from [-t, t] of the image size, per axis
-    scale_min: float = 0.9  # isotropic scale drawn from [scale_min, scale_max]
-    scale_max: float = 1.1
-    brightness: float = 0.1  # additive brightness drawn from [-b, b] (images in [0, 1])
-    contrast: float = 0.1  # contrast factor drawn from [1 - c, 1 + c]
-    hflip: float = 0.5  # probability of a horizontal flip
+    # rotation drawn from [-r, r] degrees
+    rotation_deg: float = field(default=10.0, metadata=between(0, 180))
+    # shift drawn from [-t, t] of the image size, per axis
+    translate: float = field(default=0.05, metadata=between(0, 1))
+    # isotropic scale drawn from [scale_min, scale_max]
+    scale_min: float = field(default=0.9, metadata=above(0))
+    scale_max: float = field(default=1.1, metadata=above(0))
+    # additive brightness drawn from [-b, b] (images in [0, 1])
+    brightness: float = field(default=0.1, metadata=between(0, 1))
+    # contrast factor drawn from [1 - c, 1 + c]
+    contrast: float = field(default=0.1, metadata=between(0, 1))
+    hflip: float = field(default=0.5, metadata=between(0, 1))  # probability of a horizontal flip
 
 
 @dataclass(frozen=True)
 class StageConfig:
     """Optimiser, schedule and batches of one training stage (Adam)."""
 
-    epochs: int = 200  # epochs; validation after each one
-    lr: float = 1e-4  # learning rate (the peak, under the cosine schedule)
-    schedule: str = "step"  # step: lr, then lr_after_drop from lr_drop_epoch; cosine: per step to 0
-    lr_drop_epoch: int | None = (
-        100  # step schedule: from this epoch on (0-based) use lr_after_drop; None: constant
-    )
-    lr_after_drop: float = 1e-5
-    warmup: float = 0.0  # fraction of the stage's steps over which lr rises linearly from 0
-    weight_decay: float = 4e-4  # Adam's (L2) weight decay
-    batch_size: int = 16
-    labeled_per_batch: int = 4  # stage 2, two-stream methods: labeled images in every batch
+    epochs: int = field(default=200, metadata=at_least(1))  # epochs; validation after each one
+    # learning rate (the peak, under the cosine schedule)
+    lr: float = field(default=1e-4, metadata=above(0))
+    # step: lr, then lr_after_drop from lr_drop_epoch; cosine: per step to 0
+    schedule: str = field(default="step", metadata=one_of("step", "cosine"))
+    # step schedule: from this epoch on (0-based) use lr_after_drop; None: constant
+    lr_drop_epoch: int | None = field(default=100, metadata=at_least(0))
+    lr_after_drop: float = field(default=1e-5, metadata=above(0))
+    # fraction of the stage's steps over which lr rises linearly from 0
+    warmup: float = field(default=0.0, metadata=between(0, 1))
+    weight_decay: float = field(default=4e-4, metadata=at_least(0))  # Adam's (L2) weight decay
+    # images per batch (batch norm needs 2; a method may need more, see Method.min_batch_size)
+    batch_size: int = field(default=16, metadata=at_least(2))
+    # stage 2, two-stream methods: labeled images in every batch (< batch_size)
+    labeled_per_batch: int = field(default=4, metadata=at_least(1))
 
 
 @dataclass(frozen=True)
@@ -100,12 +190,14 @@ class RunConfig:
     preset: str = "quick"  # the preset these values started from
     data: str = "synthetic"  # "synthetic" or a manifest CSV path
     unlabeled: str | None = None  # extra unlabeled images: a manifest CSV or a folder
-    seed: int = 0  # training seed: initialisation, batch order, augmentation
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = field(default=0, metadata=SEED)  # training seed: init, batch order, augmentation
+    device: str = field(default="auto", metadata=DEVICE)  # auto | cpu | cuda | cuda:N
     pretrained: str | None = None  # local backbone weights (timm or torchvision format)
-    target_norm: str = "none"  # none: losses see raw targets (the paper); zscore: standardised
-    amp: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; bf16: autocast on any device; off
-    image_size: int = 64  # ROI side after resizing, pixels
+    # none: losses see raw targets (the paper); zscore: standardised
+    target_norm: str = field(default="none", metadata=one_of("none", "zscore"))
+    # auto: bf16 autocast on CUDA, fp32 on CPU; bf16: autocast on any device; off
+    amp: str = field(default="auto", metadata=one_of("auto", "bf16", "off"))
+    image_size: int = field(default=64, metadata=between(16, 4096))  # ROI side, pixels
     synth: SynthConfig = field(default_factory=SynthConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -116,10 +208,6 @@ class RunConfig:
     hparams: Any = None  # the method's hyperparameter dataclass (set by `resolve`)
     parent: RunConfig | None = None  # stage-1 config for stage-2 methods (set by `resolve`)
 
-
-TARGET_NORMS = ("none", "zscore")
-SCHEDULES = ("step", "cosine")
-AMP_MODES = ("auto", "bf16", "off")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
@@ -171,7 +259,8 @@ def resolve(
     overrides: Mapping[str, Any] | None = None,
     **top: Any,
 ) -> RunConfig:
-    """Build the config of one run: defaults < preset < ``overrides`` (file, then ``--set``).
+    """Build the config of one run: defaults < preset < ``overrides`` (file, then ``--set``),
+    then check it (:func:`validate`).
 
     ``top`` sets top-level fields given by their own CLI options (data, seed, device, ...).
     ``overrides`` maps dotted keys to values (strings are parsed to the field's type).
@@ -186,21 +275,70 @@ def resolve(
     cfg = _apply(RunConfig(), flatten(PRESETS[preset]))
     cfg = replace(cfg, preset=preset, method=method, backbone=backbone, **top)
     cfg = _apply(cfg, run_keys)
-    for key, value, choices in (
-        ("target_norm", cfg.target_norm, TARGET_NORMS),
-        ("amp", cfg.amp, AMP_MODES),
-        ("stage1.schedule", cfg.stage1.schedule, SCHEDULES),
-        ("stage2.schedule", cfg.stage2.schedule, SCHEDULES),
-    ):
-        if value not in choices:
-            raise ConfigError(f"{key}={value!r} is not known", f"use one of: {', '.join(choices)}")
-    if not 0 < cfg.stage2.labeled_per_batch < cfg.stage2.batch_size:
+    cfg = _with_method(cfg, method, method_keys)
+    validate(cfg)
+    return cfg
+
+
+OPTIONS = {"split.train": "--n-labeled", "split.val": "--n-val", "split.test": "--n-test"}
+"""Settings that have a command-line option of their own, named in errors beside the key."""
+
+
+def validate(cfg: RunConfig, child: str | None = None) -> None:
+    """Check every declared range (:class:`Valid`) and every rule between settings of a
+    resolved config, its method's hyperparameters and its stage-1 parent's.
+
+    The first problem found is a :class:`ConfigError` naming the key, the value and what
+    is valid. ``child``: the stage-2 method whose stage-1 parent ``cfg`` is."""
+    from bmdbench.methods import METHODS
+
+    _check_fields(cfg, "")
+    if cfg.hparams is not None:
+        _check_fields(cfg.hparams, f"{cfg.method}.")
+    if cfg.augment.scale_min > cfg.augment.scale_max:
         raise ConfigError(
-            f"stage2.labeled_per_batch={cfg.stage2.labeled_per_batch} leaves no room in a batch "
-            f"of {cfg.stage2.batch_size}",
-            f"use 1 to {cfg.stage2.batch_size - 1}",
+            f"augment.scale_min={cfg.augment.scale_min} is above "
+            f"augment.scale_max={cfg.augment.scale_max}",
+            "use scale_min ≤ scale_max",
         )
-    return _with_method(cfg, method, method_keys)
+    if cfg.synth.n_patients > cfg.synth.n_labeled:
+        raise ConfigError(
+            f"synth.n_patients={cfg.synth.n_patients} is more than "
+            f"synth.n_labeled={cfg.synth.n_labeled}",
+            "use at most one patient per labeled image",
+        )
+    spec = METHODS.get(cfg.method)
+    lpb, batch = cfg.stage2.labeled_per_batch, cfg.stage2.batch_size
+    if spec.two_stream and lpb >= batch:
+        raise ConfigError(
+            f"stage2.labeled_per_batch={lpb} leaves no room in a batch of {batch}",
+            f"use 1 to {batch - 1}, or raise stage2.batch_size",
+        )
+    stage = f"stage{spec.stage}"
+    batch = getattr(cfg, stage).batch_size
+    needed, why = spec.min_batch_size(cfg.hparams)
+    if batch < needed:
+        raise ConfigError(
+            f"{stage}.batch_size={batch} is too small for {cfg.method}"
+            + (f" (the stage-1 method of {child})" if child else ""),
+            f"use {needed} or more: {why}",
+        )
+    if cfg.parent is not None:
+        validate(cfg.parent, cfg.method)
+
+
+def _check_fields(obj: Any, prefix: str) -> None:
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        key = prefix + f.name
+        if is_dataclass(value) and f.name not in ("hparams", "parent"):
+            _check_fields(value, f"{key}.")
+            continue
+        valid: Valid | None = f.metadata.get("valid")
+        if valid is None or value is None or valid.accepts(value):
+            continue
+        option = f" ({OPTIONS[key]})" if key in OPTIONS else ""
+        raise ConfigError(f"{key}={value!r}{option} {valid.problem}", f"use {valid.wanted()}")
 
 
 def _with_method(cfg: RunConfig, method: str, method_keys: Mapping[str, Any]) -> RunConfig:
@@ -209,10 +347,12 @@ def _with_method(cfg: RunConfig, method: str, method_keys: Mapping[str, Any]) ->
     spec = METHODS.get(method)
     prefix = f"{method}."
     own = {k[len(prefix) :]: v for k, v in method_keys.items() if k.startswith(prefix)}
-    for key in method_keys:
+    for key in method_keys:  # settings of other methods (a grid's): type- and range-checked
         name, _, rest = key.partition(".")
-        _apply(METHODS.get(name).Params(), {rest: method_keys[key]}, prefix=f"{name}.")
+        params = _apply(METHODS.get(name).Params(), {rest: method_keys[key]}, prefix=f"{name}.")
+        _check_fields(params, f"{name}.")
     hparams = _apply(spec.Params(), own, prefix=prefix)
+    _check_fields(hparams, prefix)  # before following hparams.stage1
     parent = _with_method(cfg, hparams.stage1, method_keys) if spec.stage == 2 else None
     return replace(cfg, method=method, hparams=hparams, parent=parent)
 
@@ -224,6 +364,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         data = tomllib.loads(p.read_text())
     except FileNotFoundError:
         raise ConfigError(f"config file {p} does not exist", "check the --config path") from None
+    except OSError as exc:  # a folder, or a file that cannot be read
+        raise ConfigError(
+            f"cannot read config file {p}: {exc.strerror}", "give --config a readable TOML file"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {p} is not text", "give --config a TOML file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {p} is not valid TOML: {exc}", "fix its syntax") from None
     return flatten(data)

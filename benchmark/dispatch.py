@@ -16,6 +16,7 @@ racing workers still runs once.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import threading
@@ -59,8 +60,7 @@ def open_storage(
     if url.startswith("sqlite"):
         kwargs["engine_kwargs"] = {"connect_args": {"timeout": 60}}
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        with quiet_libraries():
             return RDBStorage(
                 url,
                 heartbeat_interval=HEARTBEAT_S,
@@ -69,15 +69,48 @@ def open_storage(
                 **kwargs,
             )
     except ImportError:
+        dialect = url.split(":", 1)[0]
+        install = (
+            'pip install "bmdbench[postgres]"'
+            if dialect.startswith("postgres")
+            else f"install the Python driver of {dialect}"
+        )
         raise ConfigError(
-            f"the database driver for {url.split(':', 1)[0]} is not installed",
-            'pip install "bmdbench[postgres]" (PostgreSQL) or use a sqlite:/// URL',
+            f"the database driver for {dialect} is not installed",
+            f"{install}, or use a sqlite:/// URL",
         ) from None
     except Exception as exc:  # sqlalchemy raises many kinds for a bad URL or server
+        text = str(exc).strip()
+        reason = text.splitlines()[0] if text else ""  # not sqlalchemy's links and SQL
         raise ConfigError(
-            f"cannot open storage {url!r}: {type(exc).__name__}: {exc}",
+            f"cannot open storage {url!r}: {type(exc).__name__}: {reason}",
             "give --storage a reachable Optuna URL (sqlite:///file.db or postgresql://user@host/db)",
         ) from None
+
+
+LIBRARY_LOGGERS = ("optuna", "sqlalchemy", "alembic")
+
+
+@contextmanager
+def quiet_libraries(hide_warnings: bool = True) -> Iterator[None]:
+    """Hide the log lines of optuna, sqlalchemy and alembic in the body (and, with
+    ``hide_warnings``, every Python warning), so that an error is bmdbench's one line;
+    ``--debug`` (``BMDBENCH_DEBUG=1``) shows them."""
+    if os.environ.get("BMDBENCH_DEBUG"):
+        yield
+        return
+    loggers = [logging.getLogger(name) for name in LIBRARY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        if hide_warnings:
+            warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.CRITICAL)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)
 
 
 def _worker_id() -> str:

@@ -142,11 +142,12 @@ class Plan:
 
 
 def make_plan(cells: Sequence[Cell], out: Path) -> Plan:
-    """Resolve every cell (bad input fails here, before anything is queued) and see what exists."""
-    from bmdbench.runner import locate
+    """Resolve and check every cell as a run would (:func:`bmdbench.runner.check`: bad input
+    fails here, before anything is queued or written) and see what exists."""
+    from bmdbench.runner import check
 
     cells = with_parents(cells)
-    dirs = {cell.key: locate(cell.config(), out) for cell in cells}
+    dirs = {cell.key: check(cell.config(), out) for cell in cells}
     done = {key for key, d in dirs.items() if _ok(d)}
     parents = {p.key for c in cells if (p := c.parent()) is not None}
     seconds = _typical_seconds(out)

@@ -19,35 +19,63 @@ from bmdbench.metrics import regression_metrics
 
 
 def plot_run(run_dir: Path, out: Path) -> list[Path]:
-    """Write ``scatter``, ``bland_altman`` and ``learning_curve`` as PNG and PDF into ``out``."""
+    """Write ``scatter``, ``bland_altman`` and ``learning_curve`` as PNG and PDF into ``out``.
+
+    What is plotted is read and checked first (a finished run, test predictions, a
+    non-empty epoch log): a run that cannot be plotted is a :class:`DataError` and nothing
+    is written; a write that fails removes the figures written so far (:class:`OutputError`).
+    """
+    record, test, epochs = _read_run(run_dir)
+    unit = record["data"]["unit"]
+    title = (
+        f"{record['method']} · {record['backbone']} · {record['preset']} · seed {record['seed']}"
+    )
+    written: list[Path] = []
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, draw in (
+            ("scatter", _scatter),
+            ("bland_altman", _bland_altman),
+            ("learning_curve", _learning_curve),
+        ):
+            fig, ax = plt.subplots(figsize=(4.2, 4.0), layout="constrained")
+            draw(ax, test, epochs, unit)
+            ax.set_title(title, fontsize=8)
+            try:
+                for ext in ("png", "pdf"):
+                    path = out / f"{name}.{ext}"
+                    written.append(path)
+                    fig.savefig(path, dpi=150)
+            finally:
+                plt.close(fig)
+    except OSError as exc:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise store.write_failed(exc, written[-1] if written else out) from exc
+    return written
+
+
+def _read_run(run_dir: Path) -> tuple[dict, pd.DataFrame, list[dict]]:
+    """The record, test predictions and epoch log of a finished run, checked for plotting."""
     record = store.read_record(run_dir)
     if record is None or record["status"] != "ok":
         raise DataError(
             f"{run_dir} is not a finished run (no record.json with status ok)",
             "give the directory of a finished run, as printed by bmdbench run",
         )
-    unit = record["data"]["unit"]
-    test = pd.read_csv(run_dir / "predictions_test.csv")
-    epochs = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
-    title = (
-        f"{record['method']} · {record['backbone']} · {record['preset']} · seed {record['seed']}"
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, draw in (
-        ("scatter", _scatter),
-        ("bland_altman", _bland_altman),
-        ("learning_curve", _learning_curve),
-    ):
-        fig, ax = plt.subplots(figsize=(4.2, 4.0), layout="constrained")
-        draw(ax, test, epochs, unit)
-        ax.set_title(title, fontsize=8)
-        for ext in ("png", "pdf"):
-            path = out / f"{name}.{ext}"
-            fig.savefig(path, dpi=150)
-            written.append(path)
-        plt.close(fig)
-    return written
+    fix = "plot another run, or run this one again (its files are incomplete)"
+    try:
+        test = pd.read_csv(run_dir / "predictions_test.csv")
+        lines = (run_dir / "epochs.jsonl").read_text().splitlines()
+        epochs = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError) as exc:  # missing, unreadable or not CSV / JSON lines
+        what = f"cannot read the predictions and epoch log of {run_dir} ({exc})"
+        raise DataError(what, fix) from None
+    if not {"target", "prediction"} <= set(test.columns) or len(test) < 2:
+        raise DataError(f"{run_dir / 'predictions_test.csv'} holds no test predictions", fix)
+    if not epochs or not all({"epoch", "loss_loss", "val_pearson_r"} <= set(e) for e in epochs):
+        raise DataError(f"{run_dir / 'epochs.jsonl'} holds no epochs to plot", fix)
+    return record, test, epochs
 
 
 def _scatter(ax: plt.Axes, test: pd.DataFrame, epochs: list[dict], unit: str) -> None:

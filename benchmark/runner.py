@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import platform
 import shutil
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,13 +23,13 @@ from rich.table import Table
 
 import bmdbench
 from bmdbench import store
-from bmdbench.backbones import build_backbone
+from bmdbench.backbones import build_backbone, check_backbone
 from bmdbench.config import RunConfig, stable_hash, to_dict
 from bmdbench.data.augment import BatchAugment
 from bmdbench.data.imageset import ImageSet
 from bmdbench.data.module import DataModule
 from bmdbench.data.splits import Split, make_split
-from bmdbench.errors import BmdError, DataError
+from bmdbench.errors import BmdError, DataError, OutputError
 from bmdbench.methods import METHODS, Method, Regressor
 from bmdbench.metrics import METRIC_KEYS
 from bmdbench.trainer import (
@@ -118,67 +121,125 @@ def execute(
     as it is. A stage-2 method always reuses (or first runs) its stage-1 parent.
     ``on_epoch`` sees this run's validation metrics after every epoch and may stop it
     (status ``pruned``); ``study`` (name, trial) links a search trial's record to its study.
-    Raises :class:`RunFailed` after writing the record of a diverged, pruned or failed run.
+    Everything that can fail is checked before anything is written (as :func:`check`).
+    Raises :class:`RunFailed` after writing the record of a diverged, pruned or failed run,
+    and :class:`~bmdbench.errors.OutputError`, leaving nothing behind, when a write fails.
     """
     console = console or Console()
+    store.check_out(out, "runs")
     images, split, chash = _identify(cfg)
     name = store.run_name(cfg.method, cfg.backbone, cfg.preset, cfg.seed, chash)
     final = store.runs_dir(out) / name
-    existing = store.read_record(final)
-    if reuse and existing is not None and existing["status"] == "ok":
-        return RunOutcome(final, existing, reused=True)
+    if reuse:
+        existing = store.read_record(final)
+        if existing is not None and existing["status"] == "ok":
+            return RunOutcome(final, existing, reused=True)
+    device = _check_machine(cfg, images)
 
     parent = None
     if cfg.parent is not None:
         parent = execute(cfg.parent, out, console, show_progress, reuse=True)
-    device = resolve_device(cfg.device)
     _header(console, cfg, images, split, device, final, parent)
 
     started = time.perf_counter()
     staging = store.staging_dir(out, name)
-    try:
-        record = _train(
-            cfg, images, split, device, staging, parent, console, show_progress, on_epoch
+    with _nothing_left_if_it_fails(staging):
+        try:
+            record = _train(
+                cfg, images, split, device, staging, parent, console, show_progress, on_epoch
+            )
+        except (BmdError, OSError):
+            raise
+        except Diverged as exc:
+            record = {"status": "diverged", "error": str(exc)}
+        except Stopped as exc:
+            record = {"status": "pruned", "error": str(exc) or "stopped early by its search"}
+        except Exception as exc:  # a bug or a resource problem: recorded, then raised as RunFailed
+            (staging / "traceback.txt").write_text(traceback.format_exc())
+            record = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        record.update(
+            _identity(cfg, chash, name, images, split, parent, device),
+            timings={
+                **record.get("timings", {}),
+                "total_s": round(time.perf_counter() - started, 2),
+            },
+            study=study,
         )
-    except BmdError:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    except Diverged as exc:
-        record = {"status": "diverged", "error": str(exc)}
-    except Stopped as exc:
-        record = {"status": "pruned", "error": str(exc) or "stopped early by its search"}
-    except Exception as exc:  # a bug or a resource problem: recorded, then re-raised as RunFailed
-        (staging / "traceback.txt").write_text(traceback.format_exc())
-        record = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-    record.update(
-        _identity(cfg, chash, name, images, split, parent, device),
-        timings={**record.get("timings", {}), "total_s": round(time.perf_counter() - started, 2)},
-        study=study,
-    )
-    store.write_json(staging / store.RECORD, record)
-    store.publish(staging, final)
+        store.write_json(staging / store.RECORD, record)
+        store.publish(staging, final)
     if record["status"] != "ok":
         raise RunFailed(final, record["status"], record["error"])
     _results_table(console, record, images.unit)
     return RunOutcome(final, record)
 
 
-def locate(cfg: RunConfig, out: Path) -> Path:
-    """The run directory ``cfg`` writes (or wrote) under ``out``."""
-    _, _, chash = _identify(cfg)
+def check(cfg: RunConfig, out: Path) -> Path:
+    """Resolve everything ``cfg`` needs, writing nothing, and return its run directory.
+
+    In order: the output folder (a folder that can be written), the images, the split
+    and the label budget, the device, and the backbone (built with its pretrained
+    weights, one blank image passed through it). The first problem raises its
+    :class:`~bmdbench.errors.BmdError`. :func:`execute` makes the same checks before
+    its header; a grid or a search makes them for each of its runs before it starts.
+    """
+    store.check_out(out, "runs")
+    images, _, chash = _identify(cfg)
+    _check_machine(cfg, images)
     return store.runs_dir(out) / store.run_name(
         cfg.method, cfg.backbone, cfg.preset, cfg.seed, chash
     )
 
 
+_BACKBONES_CHECKED: set[tuple[str, str | None, tuple[int, ...]]] = set()
+
+
+def _check_machine(cfg: RunConfig, images: ImageSet) -> torch.device:
+    """The device, and the backbone on the run's image size (checked once per process);
+    a stage-2 method's parent shares both."""
+    device = resolve_device(cfg.device)
+    size = (int(images.images.shape[1]), int(images.images.shape[2]))
+    key = (cfg.backbone, cfg.pretrained, size)
+    if key not in _BACKBONES_CHECKED:
+        check_backbone(cfg.backbone, cfg.pretrained, size)
+        _BACKBONES_CHECKED.add(key)
+    return device
+
+
+@contextmanager
+def _nothing_left_if_it_fails(staging: Path) -> Iterator[None]:
+    """Around a run's writes: a mistake found late, an interruption or a file that cannot
+    be written (disk full, no permission) removes the staging folder; a failed file
+    operation becomes a one-line :class:`~bmdbench.errors.OutputError` naming the path and
+    the reason (:func:`bmdbench.store.write_bytes` names its own)."""
+    try:
+        yield
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(
+            f"the run stopped at {exc.filename or staging}: {exc.strerror or exc}",
+            "free some disk space or check the permissions; nothing of the run was kept",
+        ) from exc
+    except (BmdError, KeyboardInterrupt):
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def _identify(cfg: RunConfig) -> tuple[ImageSet, Split, str]:
-    """The run's images, split and config hash (checks a stage-2 method has unlabeled images)."""
+    """The run's images, split and config hash. Checks that a stage-2 method has unlabeled
+    images and that the labeled training images fill a stage-1 batch (the label budget)."""
     images = load_images(cfg)
     split = make_split(images, cfg.split, seed=cfg.seed)
     if METHODS.get(cfg.method).stage == 2 and len(split.unlabeled) == 0:
         raise DataError(
             f"{cfg.method} needs unlabeled images but the data has none",
             "add them with --unlabeled FOLDER_OR_MANIFEST or set a label budget (--n-labeled)",
+        )
+    batch = cfg.stage1.batch_size
+    if len(split.train) < batch:
+        raise DataError(
+            f"{len(split.train)} labeled training images do not fill one batch of {batch} "
+            "(stage1.batch_size)",
+            f"raise the label budget (--n-labeled) to {batch} or more, or lower stage1.batch_size",
         )
     return images, split, config_hash(cfg, images, split)
 
@@ -224,7 +285,9 @@ def _train(
         select_initial=parent is not None,
         on_epoch=on_epoch,
     )
-    torch.save(result.state_dict, run_dir / store.CHECKPOINT)
+    checkpoint = io.BytesIO()  # torch.save's own writer reports a full disk as a RuntimeError
+    torch.save(result.state_dict, checkpoint)
+    store.write_bytes(run_dir / store.CHECKPOINT, checkpoint.getvalue())
     for part in ("val", "test"):
         idx = getattr(split, part)
         frame = pd.DataFrame(

@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from bmdbench.errors import ConfigError, DataError, OutputError
+
 RECORD = "record.json"
 CHECKPOINT = "checkpoint.pt"
 
@@ -35,11 +37,53 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    """Write UTF-8 text atomically (see :func:`write_bytes`)."""
+    write_bytes(path, text.encode())
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write atomically: a temp file in the same folder, renamed into place. A write that
+    fails (disk full, no permission) leaves no temp file and raises :class:`OutputError`."""
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise write_failed(exc, path) from exc
+
+
+def write_failed(exc: OSError, path: Path | None = None) -> OutputError:
+    """The one-line error of a write that failed: the path and the system's reason."""
+    where = path if path is not None else exc.filename
+    return OutputError(
+        f"cannot write {where}: {exc.strerror or exc}",
+        "free some disk space or give --out a folder you can write to",
+    )
+
+
+def check_out(out: Path, *subfolders: str, option: str = "--out") -> None:
+    """Fail before anything is written when ``out`` (or ``out/<subfolder>``) is a file, lies
+    under a file, or cannot be created for want of permission (:class:`ConfigError`)."""
+    for path in (out, *(out / s for s in subfolders)):
+        existing = path
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        if not existing.is_dir():
+            where = "is a file" if existing == path else f"lies under {existing}, a file"
+            raise ConfigError(
+                f"{option} {out} {where}" if path == out else f"{path} is a file, not a folder",
+                f"give {option} a folder (it is created if missing)",
+            )
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(
+                f"{option} {out} is not writable ({existing}: permission denied)",
+                f"give {option} a folder you can write to",
+            )
 
 
 def runs_dir(out: Path) -> Path:
@@ -51,11 +95,17 @@ def run_name(method: str, backbone: str, preset: str, seed: int, config_hash: st
 
 
 def read_record(run_dir: Path) -> dict[str, Any] | None:
-    """The run's final record, or None if the run is incomplete."""
+    """The run's final record, or None if the run is incomplete (or not a run at all)."""
+    path = run_dir / RECORD
     try:
-        return json.loads((run_dir / RECORD).read_text())
-    except FileNotFoundError:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise DataError(
+            f"{path} is not a valid run record",
+            "restore it, or delete its run folder so that the run is made again",
+        ) from None
 
 
 def iter_records(out: Path) -> Iterator[dict[str, Any]]:
@@ -75,9 +125,12 @@ def staging_dir(out: Path, name: str) -> Path:
     """A fresh temporary directory beside the final one (same filesystem), named
     ``.<name>.<host>~<pid>.<random>.tmp`` so that a dead process's leftovers can be found."""
     base = runs_dir(out)
-    base.mkdir(parents=True, exist_ok=True)
     owner = f"{socket.gethostname()}~{os.getpid()}"
-    return Path(tempfile.mkdtemp(dir=base, prefix=f".{name}.{owner}.", suffix=".tmp"))
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=base, prefix=f".{name}.{owner}.", suffix=".tmp"))
+    except OSError as exc:
+        raise write_failed(exc, base) from exc
 
 
 def remove_dead_staging(out: Path) -> int:

@@ -52,6 +52,12 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(
             "--device cuda was asked for but CUDA is not available", "use --device cpu"
         )
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"--device {name} names GPU {device.index} but this machine has "
+            f"{torch.cuda.device_count()}",
+            f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}",
+        )
     return device
 
 

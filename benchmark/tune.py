@@ -10,7 +10,7 @@ reported so that the median pruner stops hopeless trials.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bmdbench import store
-from bmdbench.config import resolve, stable_hash
-from bmdbench.dispatch import open_storage
+from bmdbench.config import RunConfig, resolve, stable_hash
+from bmdbench.dispatch import open_storage, quiet_libraries
 from bmdbench.errors import ConfigError
 from bmdbench.methods import METHODS
 from bmdbench.methods.base import Range
@@ -76,6 +76,20 @@ class Search:
     device: str = "auto"
     sets: tuple[tuple[str, str], ...] = ()
 
+    def config(self, params: Mapping[str, Any] | None = None) -> RunConfig:
+        """The run config of a trial with ``params`` (dotted keys), or of the search's own
+        settings."""
+        return resolve(
+            self.method,
+            self.backbone,
+            self.preset,
+            {**dict(self.sets), **(params or {})},
+            data=self.data,
+            unlabeled=self.unlabeled,
+            seed=self.seed,
+            device=self.device,
+        )
+
     def study_name(self) -> str:
         digest = stable_hash({k: v for k, v in asdict(self).items() if k != "device"})[:8]
         return f"tune-{self.kind}-{self.method}-{self.backbone}-{self.preset}-{digest}"
@@ -122,16 +136,7 @@ def run_search(
 
     def objective(trial: optuna.Trial) -> float:
         params = {k: trial.suggest_float(k, r.low, r.high, log=r.log) for k, r in space.items()}
-        cfg = resolve(
-            search.method,
-            search.backbone,
-            search.preset,
-            {**dict(search.sets), **params},
-            data=search.data,
-            unlabeled=search.unlabeled,
-            seed=search.seed,
-            device=search.device,
-        )
+        cfg = search.config(params)
 
         def report(epoch: int, val: dict[str, float]) -> None:
             trial.report(val["pearson_r"], epoch)
@@ -161,7 +166,9 @@ def run_search(
         console.print(f"trial {trial.number}: {_params(params)} → validation R {value:.4f}")
         return value
 
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(RunFailed,))
+    # each trial's outcome is printed above: optuna's log of a failed trial (a traceback) is not
+    with quiet_libraries(hide_warnings=False):
+        study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(RunFailed,))
 
 
 def _params(params: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from bmdbench.config import Valid
 from bmdbench.data.module import Batch
 from bmdbench.registry import Registry
 
@@ -90,6 +91,20 @@ class NoParams:
     """This method has no hyperparameters."""
 
 
+def _stage1_names() -> list[str]:
+    return [name for name in METHODS if METHODS.get(name).stage == 1]
+
+
+STAGE1 = {
+    "valid": Valid(
+        lambda name: name in _stage1_names(),
+        lambda: f"a stage-1 method: {', '.join(_stage1_names())}",
+        "is not a stage-1 method",
+    )
+}
+"""Metadata of a stage-2 method's ``stage1`` field: the method whose checkpoint it starts from."""
+
+
 class Method(nn.Module):
     """A training objective around a :class:`Regressor`.
 
@@ -115,6 +130,12 @@ class Method(nn.Module):
         super().__init__()
         self.regressor = regressor
         self.params = params
+
+    @classmethod
+    def min_batch_size(cls, params: Any) -> tuple[int, str]:
+        """The smallest training batch this method's loss is defined on with ``params``,
+        and why (checked by :func:`bmdbench.config.validate` before a run starts)."""
+        return 2, "batch norm needs two images"
 
     def training_step(self, batch: Batch, ctx: FitContext) -> dict[str, torch.Tensor]:
         raise NotImplementedError

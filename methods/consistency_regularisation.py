@@ -13,15 +13,17 @@ exp(−5(1−t)²).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
 
+from bmdbench.config import at_least, between
 from bmdbench.data.module import Batch
 from bmdbench.methods.base import (
     CONSISTENCY_WEIGHT,
     METHODS,
+    STAGE1,
     FitContext,
     Method,
     Range,
@@ -32,9 +34,12 @@ from bmdbench.methods.losses import gaussian_rampup, masked_mse
 
 @dataclass(frozen=True)
 class ConsistencyParams:
-    stage1: str = "baseline"  # stage-1 method whose checkpoint this method fine-tunes
-    consistency_weight: float = 1.0  # w_max: weight of the consistency term after ramp-up
-    rampup: float = 0.3  # fraction of stage 2 over which the weight ramps up
+    # stage-1 method whose checkpoint this method fine-tunes
+    stage1: str = field(default="baseline", metadata=STAGE1)
+    # w_max: weight of the consistency term after ramp-up
+    consistency_weight: float = field(default=1.0, metadata=at_least(0))
+    # fraction of stage 2 over which the weight ramps up
+    rampup: float = field(default=0.3, metadata=between(0, 1))
 
 
 class _Consistency(Method):
@@ -67,7 +72,8 @@ class PiModel(_Consistency):
 
 @dataclass(frozen=True)
 class TemporalEnsemblingParams(ConsistencyParams):
-    alpha: float = 0.6  # ensemble momentum: Z ← αZ + (1−α)z after every epoch
+    # ensemble momentum: Z ← αZ + (1−α)z after every epoch
+    alpha: float = field(default=0.6, metadata=between(0, 1, open_=True))
 
 
 @METHODS.register("temporal_ensembling")
@@ -120,8 +126,10 @@ class TemporalEnsembling(_Consistency):
 
 @dataclass(frozen=True)
 class MeanTeacherParams(ConsistencyParams):
-    ema_decay_rampup: float = 0.99  # teacher EMA decay during the ramp-up
-    ema_decay: float = 0.999  # teacher EMA decay afterwards
+    # teacher EMA decay during the ramp-up
+    ema_decay_rampup: float = field(default=0.99, metadata=between(0, 1, open_=True))
+    # teacher EMA decay afterwards
+    ema_decay: float = field(default=0.999, metadata=between(0, 1, open_=True))
 
 
 @METHODS.register("mean_teacher")

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
+from bmdbench.config import at_least
 from bmdbench.data.module import Batch
 from bmdbench.methods.base import (
     CONSISTENCY_WEIGHT,
     MARGIN,
     METHODS,
+    STAGE1,
     TRIPLET_WEIGHT,
     FitContext,
     Method,
@@ -22,9 +24,11 @@ from bmdbench.methods.losses import batch_triplet_loss, consistency, masked_mse
 
 @dataclass(frozen=True)
 class PseudoLabelParams:
-    stage1: str = "baseline"  # stage-1 method whose checkpoint this method fine-tunes
-    weight: float = 0.0  # λ, weight of the adaptive triplet loss (0: MSE only)
-    margin: float = 0.5  # m, the ATL margin
+    # stage-1 method whose checkpoint this method fine-tunes
+    stage1: str = field(default="baseline", metadata=STAGE1)
+    # λ, weight of the adaptive triplet loss (0: MSE only)
+    weight: float = field(default=0.0, metadata=at_least(0))
+    margin: float = field(default=0.5, metadata=at_least(0))  # m, the ATL margin
 
 
 class _PseudoLabels(Method):
@@ -33,6 +37,12 @@ class _PseudoLabels(Method):
     stage = 2
     unsupervised_terms: ClassVar[tuple[str, ...]] = ("mse_pseudo",)
     pseudo: torch.Tensor  # (pool_size,) loss-space targets: labels, pseudo labels, NaN for none
+
+    @classmethod
+    def min_batch_size(cls, params: Any) -> tuple[int, str]:
+        if params.weight > 0:
+            return 3, "with weight > 0 its triplet loss needs three images of one batch"
+        return super().min_batch_size(params)
 
     def on_stage_start(self, ctx: FitContext) -> None:
         """Start with labels only: unlabeled images have no pseudo label (NaN) yet."""
@@ -86,8 +96,8 @@ class PseudoLabel(_PseudoLabel):
 
 @dataclass(frozen=True)
 class PseudoLabelATLParams(PseudoLabelParams):
-    stage1: str = "atl"
-    weight: float = 0.5
+    stage1: str = field(default="atl", metadata=STAGE1)
+    weight: float = field(default=0.5, metadata=at_least(0))
 
 
 @METHODS.register("pseudo_label_atl")
@@ -100,10 +110,13 @@ class PseudoLabelATL(_PseudoLabel):
 
 @dataclass(frozen=True)
 class SelfTrainingParams:
-    stage1: str = "atl"  # stage-1 method whose checkpoint this method fine-tunes
-    weight: float = 0.5  # λ, weight of the adaptive triplet loss
-    margin: float = 0.5  # m, the ATL margin
-    consistency_weight: float = 1.0  # λ′, weight of the two-view consistency loss (equation 6)
+    # stage-1 method whose checkpoint this method fine-tunes
+    stage1: str = field(default="atl", metadata=STAGE1)
+    # λ, weight of the adaptive triplet loss
+    weight: float = field(default=0.5, metadata=at_least(0))
+    margin: float = field(default=0.5, metadata=at_least(0))  # m, the ATL margin
+    # λ′, weight of the two-view consistency loss (equation 6)
+    consistency_weight: float = field(default=1.0, metadata=at_least(0))
 
 
 @METHODS.register("proposed")
@@ -116,7 +129,7 @@ class SelfTraining(_PseudoLabels):
         "weight": TRIPLET_WEIGHT,
         "consistency_weight": CONSISTENCY_WEIGHT,
     }
-    unsupervised_terms = ("mse_pseudo", "consistency")
+    unsupervised_terms: ClassVar[tuple[str, ...]] = ("mse_pseudo", "consistency")
 
     def on_stage_start(self, ctx: FitContext) -> None:
         super().on_stage_start(ctx)
@@ -165,7 +178,7 @@ def should_refresh(r: float, mse: float, best_r: float, best_mse: float) -> bool
 
 @dataclass(frozen=True)
 class NoConsistencyParams(SelfTrainingParams):
-    consistency_weight: float = 0.0
+    consistency_weight: float = field(default=0.0, metadata=at_least(0))
 
 
 @METHODS.register("proposed_no_consistency")

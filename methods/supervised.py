@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
+from bmdbench.config import at_least
 from bmdbench.data.module import Batch
 from bmdbench.methods.base import MARGIN, METHODS, TRIPLET_WEIGHT, FitContext, Method, Range
 from bmdbench.methods.losses import batch_triplet_loss, masked_mse
@@ -24,14 +25,19 @@ class Baseline(Method):
 
 @dataclass(frozen=True)
 class TripletParams:
-    weight: float = 0.5  # λ, weight of the triplet term (equation 5)
-    margin: float = 0.5  # m, the triplet margin
+    # λ, weight of the triplet term (equation 5)
+    weight: float = field(default=0.5, metadata=at_least(0))
+    margin: float = field(default=0.5, metadata=at_least(0))  # m, the triplet margin
 
 
 class _TripletMethod(Method):
     adaptive: bool
     Params = TripletParams
     search_space: ClassVar[dict[str, Range]] = {"margin": MARGIN, "weight": TRIPLET_WEIGHT}
+
+    @classmethod
+    def min_batch_size(cls, params: Any) -> tuple[int, str]:
+        return 3, "a triplet needs three images of one batch"
 
     def training_step(self, batch: Batch, ctx: FitContext) -> dict[str, torch.Tensor]:
         embedding, pred = self.regressor(ctx.augment(batch.images))

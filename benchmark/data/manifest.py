@@ -3,7 +3,8 @@
 One row per image. Required columns:
 
 - ``image``: path of the image file, relative to the manifest's folder or absolute;
-- ``target``: the value to predict (a finite number), empty for an unlabeled image;
+- ``target``: the value to predict (a finite number, |target| ≤ 1e6), empty for an
+  unlabeled image;
 - ``patient_id``: the patient; a patient's images always stay in one split.
 
 Optional columns:
@@ -43,6 +44,8 @@ REQUIRED_COLUMNS = ("image", "target", "patient_id")
 ROI_COLUMNS = ("roi_x0", "roi_y0", "roi_x1", "roi_y1")
 COLUMNS = ("image", "id", "target", "patient_id", "split", *ROI_COLUMNS, "line", "where")
 """Columns of :func:`read_manifest`'s table."""
+MAX_TARGET = 1e6
+"""Largest |target| accepted: beyond it squared errors lose precision (and it is no BMD)."""
 
 _ROI_FIX = (
     "fill all four of roi_x0, roi_y0, roi_x1, roi_y1 in pixels (x0, y0 top-left, inclusive; "
@@ -61,8 +64,9 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     line; the header is line 1) and ``where`` (``"<path> line <n>"``, for
     messages). Checks everything but the images' contents: the file parses,
     the required columns exist, every image file exists, targets are finite
-    numbers or empty, splits are known and consistent per patient, ROIs are
-    complete and ordered, no image is listed twice, and there is at least one row.
+    numbers within ±:data:`MAX_TARGET` or empty, splits are known and consistent
+    per patient, ROIs are complete and ordered, no image is listed twice, and there
+    is at least one row.
     """
     return _read_rows(Path(path), labeled=True)
 
@@ -367,4 +371,9 @@ def _number(cell: str, fail: Callable[[str, str], DataError], column: str) -> fl
             else _ROI_FIX
         )
         raise fail(f"{column} {cell!r} is not a finite number", fix)
+    if column == "target" and abs(value) > MAX_TARGET:
+        raise fail(
+            f"target {cell!r} is out of range (|target| > {MAX_TARGET:g})",
+            "check the column and its unit (BMD in g/cm² lies near 0.3–1.5)",
+        )
     return value

@@ -222,6 +222,13 @@ def test_bad_target(tmp_path: Path, value: str) -> None:
     assert "empty" in err.fix
 
 
+@pytest.mark.parametrize("value", ["1e300", "-2e6", "1000001"])
+def test_target_out_of_range(tmp_path: Path, value: str) -> None:
+    path = manifest(tmp_path, "image,target,patient_id", "a.png,1,p1", f"b.png,{value},p2")
+    err = raises_at(path, 3, f"target '{value}' is out of range")
+    assert "unit" in err.fix
+
+
 def test_duplicate_image(tmp_path: Path) -> None:
     path = manifest(tmp_path, "image,target,patient_id", "a.png,1,p1", "b.png,2,p2", "./a.png,3,p3")
     raises_at(path, 4, "listed again .*first on line 2")
