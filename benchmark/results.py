@@ -351,8 +351,9 @@ class CellStats:
 def cell_stats(cell: Predictions, image_idx: np.ndarray, key: str) -> CellStats:
     """Mean ± SD over seeds and hierarchical-bootstrap CIs.
 
-    ``image_idx`` (B, n): the table's shared image draws; ``key`` names the cell
-    (e.g. table and run names) and seeds its own stream of seed draws.
+    ``image_idx`` (B, n): the table's shared image draws; ``key`` (the table) and the seed
+    count seed the stream of seed draws, so cells with identical predictions get identical
+    intervals.
     """
     per_seed_r = pearson(cell.target, cell.pred)
     per_seed_rmse = rmse(cell.target, cell.pred)
@@ -475,7 +476,7 @@ def table_stats(
 
     ``frames[i]``: the ok runs of cell i (rows of :func:`load_runs`; may be empty);
     ``frames[reference]`` is the cell every other is compared with. ``scope`` (the
-    table's name) and the run names seed the random streams. All runs must have
+    table's name), the test image ids and the seed count seed the random streams. All runs must have
     been tested on the same images.
     """
     predictions = [read_predictions(f) if len(f) else None for f in frames]
@@ -490,13 +491,12 @@ def table_stats(
             )
         image_idx = image_resamples(len(ids), f"{scope}|{stable_hash(ids.tolist())}", n_resamples)
     ref = predictions[reference]
-    ref_names = _names(frames[reference])
     rows = []
     for i, (frame, cell) in enumerate(zip(frames, predictions, strict=True)):
         row: dict[str, Any] = dict.fromkeys(STAT_COLUMNS, np.nan)
         row.update(seeds=len(frame), p_bound=False, **_stage1_kept(frame))
         if cell is not None:
-            st = cell_stats(cell, image_idx, f"{scope}|{_names(frame)}")
+            st = cell_stats(cell, image_idx, scope)
             row.update(
                 r_mean=st.r_mean,
                 r_sd=st.r_sd,
@@ -508,7 +508,7 @@ def table_stats(
                 rmse_ci_high=st.rmse_ci[1],
             )
         if i != reference and cell is not None and ref is not None:
-            cmp = compare(cell, ref, image_idx, f"{scope}|{_names(frame)}|vs|{ref_names}")
+            cmp = compare(cell, ref, image_idx, scope)
             row["paired_seeds"] = len(cmp.seeds) if cmp else 0
             if cmp is not None:
                 row.update(
@@ -532,10 +532,6 @@ def table_stats(
     flipped = tidy["p_sign_flip"].notna()
     tidy.loc[flipped, "p_sign_flip_holm"] = holm(tidy.loc[flipped, "p_sign_flip"])[0]
     return tidy.astype({"p_bound": bool, "p_holm_bound": bool, "stage2": bool})
-
-
-def _names(frame: pd.DataFrame) -> str:
-    return "|".join(sorted(frame["name"])) if len(frame) else ""
 
 
 def _stage1_kept(frame: pd.DataFrame) -> dict[str, Any]:

@@ -316,3 +316,14 @@ def test_table3_shows_raw_scale_margins_for_z_scored_targets(tmp_path):
     )
     assert "z-scored target scale, not the paper's" in data.footer
     assert "$\\lambda$ raw" in to_latex(data)
+
+
+def test_cells_with_identical_predictions_get_identical_intervals(tmp_path):
+    """A cell that kept its parent's weights shows its parent's interval exactly."""
+    rng = np.random.default_rng(1)
+    preds = {seed: TRUTH + rng.normal(0, 0.05, TRUTH.size) for seed in range(3)}
+    for cell in table_cells([TABLES["table2"]], 3, {}, BASE, "tiny"):
+        fake_run(tmp_path, cell, preds[cell.seed], selected_epoch=0)
+    stats = _build(tmp_path, "table2").tidy
+    assert stats["r_ci_low"].nunique() == 1 and stats["r_ci_high"].nunique() == 1
+    assert (stats["delta_r"].dropna() == 0).all()
