@@ -95,13 +95,17 @@ class DataModule:
             index = order[start : start + batch_size]
             if len(index) < 2:
                 break
-            targets = self.pool_targets[index]
-            yield Batch(
-                images=self.to_float(self._pool_images[index]),
-                targets=targets,
-                labeled=torch.isfinite(targets),
-                index=index,
-            )
+            yield self._batch(index)
+
+    def _batch(self, index: torch.Tensor) -> Batch:
+        """The pool images at ``index`` with their loss-space targets."""
+        targets = self.pool_targets[index]
+        return Batch(
+            images=self.to_float(self._pool_images[index]),
+            targets=targets,
+            labeled=torch.isfinite(targets),
+            index=index,
+        )
 
     def two_stream_batches(
         self, batch_size: int, labeled_per_batch: int, generator: torch.Generator
@@ -123,13 +127,7 @@ class DataModule:
         unlabeled = unlabeled.view(steps, -1).to(self.device)
         for step in range(steps):
             index = torch.cat([labeled[step], unlabeled[step]])
-            targets = self.pool_targets[index]
-            yield Batch(
-                images=self.to_float(self._pool_images[index]),
-                targets=targets,
-                labeled=torch.isfinite(targets),
-                index=index,
-            )
+            yield self._batch(index)
 
     def steps_per_epoch(self, batch_size: int, with_unlabeled: bool) -> int:
         return steps_per_epoch(self.pool_size if with_unlabeled else self.n_labeled, batch_size)
