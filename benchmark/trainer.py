@@ -131,6 +131,29 @@ class Trainer:
             method = method.to(memory_format=torch.channels_last)
         return method.to(self.device)
 
+    def optimiser(self, method: Method, stage: StageConfig) -> torch.optim.Optimizer:
+        """Adam over the method's trainable parameters (fused on CUDA)."""
+        return torch.optim.Adam(
+            method.trainable_parameters(),
+            lr=stage.lr,
+            weight_decay=stage.weight_decay,
+            fused=self.cuda or None,
+        )
+
+    def step(
+        self, method: Method, batch: Batch, ctx: FitContext, optimiser: torch.optim.Optimizer
+    ) -> dict[str, torch.Tensor]:
+        """One optimiser step: the method's losses under autocast, backward, the optimiser
+        step, then the method's ``after_step`` hook. Returns the losses (not synchronised)."""
+        with self.autocast():
+            losses = method.training_step(batch, ctx)
+        optimiser.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimiser.step()
+        ctx.step += 1
+        method.after_step(ctx)
+        return losses
+
     def fit(
         self,
         method: Method,
@@ -150,12 +173,7 @@ class Trainer:
         method = self.prepare(method)
         ctx = self.context(method, data, stage, augment)
         steps = ctx.steps_per_epoch
-        optimiser = torch.optim.Adam(
-            method.trainable_parameters(),
-            lr=stage.lr,
-            weight_decay=stage.weight_decay,
-            fused=self.cuda or None,
-        )
+        optimiser = self.optimiser(method, stage)
         ctx.val, _ = self.evaluate(method, data, "val")
         best_r, best_epoch, best_state = -math.inf, 0, self._snapshot(method)
         if select_initial:
@@ -179,13 +197,7 @@ class Trainer:
                     lr = lr_at(stage, epoch * steps + i, steps)
                     for group in optimiser.param_groups:
                         group["lr"] = lr
-                    with self.autocast():
-                        losses = method.training_step(batch, ctx)
-                    optimiser.zero_grad(set_to_none=True)
-                    losses["loss"].backward()
-                    optimiser.step()
-                    ctx.step += 1
-                    method.after_step(ctx)
+                    losses = self.step(method, batch, ctx, optimiser)
                     images_seen += len(batch.index)
                     for key, value in losses.items():
                         sums[key] = sums.get(key, 0.0) + value.detach().float()
@@ -261,7 +273,7 @@ class Trainer:
 
         def augment_fp32(x: torch.Tensor) -> torch.Tensor:
             with torch.autocast(self.device.type, enabled=False):
-                return self._layout(augment(x.float()))
+                return self.layout(augment(x.float()))
 
         return FitContext(
             augment=augment_fp32,
@@ -282,7 +294,7 @@ class Trainer:
         preds = []
         for chunk in data.eval_chunks(split):
             with self.autocast():
-                preds.append(method.predict(self._layout(chunk)).float())
+                preds.append(method.predict(self.layout(chunk)).float())
         pred = data.denormalise(torch.cat(preds).cpu().numpy().astype(np.float64))
         return regression_metrics(data.eval_targets(split), pred), pred
 
@@ -298,7 +310,7 @@ class Trainer:
         out = []
         for chunk in data.pool_chunks():
             with self.autocast():
-                out.append(predictor(self._layout(chunk)).float())
+                out.append(predictor(self.layout(chunk)).float())
         method.train(was_training)
         return torch.cat(out)
 
@@ -317,7 +329,8 @@ class Trainer:
         m = regression_metrics(truth[known], values[known])
         return {"pseudo_rmse": m["rmse"], "pseudo_r": m["pearson_r"]}
 
-    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in the memory format the networks are prepared in (channels_last on CUDA)."""
         return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
 
     def _snapshot(self, method: Method) -> dict[str, torch.Tensor]:
