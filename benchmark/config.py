@@ -197,6 +197,8 @@ class RunConfig:
     target_norm: str = field(default="none", metadata=one_of("none", "zscore"))
     # auto: bf16 autocast on CUDA, fp32 on CPU; bf16: autocast on any device; off
     amp: str = field(default="auto", metadata=one_of("auto", "bf16", "off"))
+    # torch.compile the networks (Trainer.prepare); off until measured to help (README, Speed)
+    compile: bool = False
     image_size: int = field(default=64, metadata=between(16, 4096))  # ROI side, pixels
     synth: SynthConfig = field(default_factory=SynthConfig)
     split: SplitConfig = field(default_factory=SplitConfig)

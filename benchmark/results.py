@@ -55,15 +55,16 @@ EXACT_SIGN_FLIP = 16  # up to 2**16 sign patterns are enumerated; beyond, 2**16 
 _CHUNK = 256  # resamples evaluated at once (bounds memory: chunk × seeds × images)
 
 Metric = Callable[[np.ndarray, np.ndarray], np.ndarray]
+_NOT_THE_CELL = ("seed", "device", "compile")  # config keys that runs of one cell may differ in
 
 
 def signature(config: dict[str, Any]) -> str:
-    """What the runs of one cell share: the resolved config without seed and device."""
-    stripped = {k: v for k, v in config.items() if k not in ("seed", "device")}
+    """What the runs of one cell share: the resolved config without seed, device and
+    compile (how a run executes is not what it is; records from before ``compile`` existed
+    lack the key)."""
+    stripped = {k: v for k, v in config.items() if k not in _NOT_THE_CELL}
     if stripped.get("parent") is not None:
-        stripped["parent"] = {
-            k: v for k, v in stripped["parent"].items() if k not in ("seed", "device")
-        }
+        stripped["parent"] = {k: v for k, v in stripped["parent"].items() if k not in _NOT_THE_CELL}
     return stable_hash(stripped)[:16]
 
 

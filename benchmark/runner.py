@@ -84,11 +84,12 @@ def config_hash(cfg: RunConfig, images: ImageSet, split: Split) -> str:
     """What makes two runs the same: the resolved config and the data they saw.
 
     A stage-1 run depends only on the labeled part (its key ignores the stage-2
-    schedule and the unlabeled images), so every stage-2 method can reuse it.
+    schedule and the unlabeled images), so every stage-2 method can reuse it. Device,
+    preset name and ``compile`` say how a run executes, not what it is: they are left out.
     """
     spec = METHODS.get(cfg.method)
     config = to_dict(cfg)
-    for irrelevant in ("device", "preset"):
+    for irrelevant in ("device", "preset", "compile"):
         config.pop(irrelevant)
     if spec.stage == 1:
         for stage2_only in ("stage2", "unlabeled"):
@@ -274,7 +275,9 @@ def _train(
     data = DataModule(images, split, device, cfg.target_norm)
     store.write_json(run_dir / "config.json", to_dict(cfg))
     store.write_json(run_dir / "split.json", split.to_json(images))
-    trainer = Trainer(device, run_dir / "epochs.jsonl", console, show_progress, amp=cfg.amp)
+    trainer = Trainer(
+        device, run_dir / "epochs.jsonl", console, show_progress, amp=cfg.amp, compile=cfg.compile
+    )
     stage = cfg.stage2 if method.stage == 2 else cfg.stage1
     result = trainer.fit(
         method,

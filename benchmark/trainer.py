@@ -34,7 +34,7 @@ from bmdbench.config import StageConfig
 from bmdbench.data.augment import BatchAugment
 from bmdbench.data.module import Batch, DataModule
 from bmdbench.errors import ConfigError
-from bmdbench.methods.base import FitContext, Method
+from bmdbench.methods.base import FitContext, Method, Regressor
 from bmdbench.metrics import regression_metrics
 
 DISPLAY_EVERY = 25  # steps between progress-bar updates of the running loss (a host sync)
@@ -109,10 +109,12 @@ class Trainer:
         console: Console | None = None,
         show_progress: bool = True,
         amp: str = "auto",
+        compile: bool = False,
     ) -> None:
         self.device = device
         self.cuda = device.type == "cuda"
         self.mixed = amp == "bf16" or (amp == "auto" and self.cuda)
+        self.compile = compile
         self.log_path = log_path
         self.console = console or Console(stderr=True)
         self.show_progress = show_progress
@@ -125,11 +127,22 @@ class Trainer:
         return nullcontext()
 
     def prepare(self, method: Method) -> Method:
-        """Move the method to the device (channels_last on CUDA)."""
+        """Move the method to the device (channels_last on CUDA); with ``compile``, compile
+        the backbone of each of its regressors (the student, a mean teacher's teacher).
+
+        Compilation is in place (``nn.Module.compile``), so parameter names, checkpoints and
+        ``state_dict`` stay as they are, and happens once per backbone: preparing a method
+        again (a second ``fit``) keeps its compiled code. The fp32 head stays eager.
+        """
         if self.cuda:
             torch.backends.cudnn.benchmark = True
             method = method.to(memory_format=torch.channels_last)
-        return method.to(self.device)
+        method = method.to(self.device)
+        if self.compile:
+            for module in method.modules():
+                if isinstance(module, Regressor) and not _compiled(module.backbone):
+                    module.backbone.compile()
+        return method
 
     def optimiser(self, method: Method, stage: StageConfig) -> torch.optim.Optimizer:
         """Adam over the method's trainable parameters (fused on CUDA)."""
@@ -382,6 +395,12 @@ def lr_budget(stage: StageConfig, steps_per_epoch: int) -> float:
     return math.fsum(
         lr_at(stage, step, steps_per_epoch) for step in range(stage.epochs * steps_per_epoch)
     )
+
+
+def _compiled(module: torch.nn.Module) -> bool:
+    """Whether ``module.compile()`` has already run on ``module`` (torch keeps the compiled
+    call in ``_compiled_call_impl``; compiling again would discard the compiled code)."""
+    return module._compiled_call_impl is not None
 
 
 def _score(metrics: dict[str, float]) -> float:

@@ -165,6 +165,13 @@ def test_out_of_range_names_key_value_and_range(method, key, value, wanted):
     assert "\n" not in str(info.value)
 
 
+def test_compile_is_a_switch_that_is_off_by_default():
+    assert resolve("atl", "tiny", "smoke").compile is False
+    assert resolve("atl", "tiny", "smoke", {"compile": "true"}).compile is True
+    with pytest.raises(ConfigError, match="compile='sometimes' is not a valid bool"):
+        resolve("atl", "tiny", "smoke", {"compile": "sometimes"})
+
+
 def test_pseudo_label_without_triplet_takes_batches_of_two():
     cfg = resolve(
         "pseudo_label", "tiny", "smoke", {"stage2.batch_size": "2", "stage2.labeled_per_batch": "1"}

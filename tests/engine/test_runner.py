@@ -75,6 +75,12 @@ def test_stage2_reuses_its_stage1_run(tmp_path):
     assert third.record["parent_run"].startswith("baseline-")
 
 
+def test_compile_says_how_a_run_executes_not_what_it_is():
+    """Like the device, compilation is left out of the config hash: a compiled stage-2 run
+    reuses an eager stage-1 run."""
+    assert runner._identify(run())[2] == runner._identify(run(compile="true"))[2]
+
+
 def test_diverged_run_is_recorded(tmp_path, monkeypatch):
     def nan_step(self, batch, ctx):
         loss = self.regressor(batch.images)[1].mean() * float("nan")
