@@ -27,11 +27,18 @@ from bmdbench.backbones import build_backbone, check_backbone
 from bmdbench.config import RunConfig, stable_hash, to_dict
 from bmdbench.data.augment import BatchAugment
 from bmdbench.data.imageset import ImageSet
-from bmdbench.data.module import DataModule
+from bmdbench.data.module import DataModule, resident_bytes
 from bmdbench.data.splits import Split, make_split
 from bmdbench.errors import BmdError, DataError, OutputError
 from bmdbench.methods import METHODS, Method, Regressor
 from bmdbench.metrics import METRIC_KEYS
+from bmdbench.speed import (
+    StageEstimate,
+    describe_estimate,
+    measure_limit,
+    resident_batch,
+    stage_images,
+)
 from bmdbench.trainer import (
     Diverged,
     EpochCallback,
@@ -115,11 +122,14 @@ def execute(
     reuse: bool = False,
     on_epoch: EpochCallback | None = None,
     study: dict[str, Any] | None = None,
+    estimate: bool = True,
 ) -> RunOutcome:
     """Run ``cfg`` and write its run directory under ``out/runs``.
 
     With ``reuse``, a finished run (status ok) of the same config hash is returned
     as it is. A stage-2 method always reuses (or first runs) its stage-1 parent.
+    A ``paper`` run first prints its time and memory estimate (:func:`paper_estimate`;
+    ``estimate=False`` leaves it out: a stage-2 run's estimate covers its parent).
     ``on_epoch`` sees this run's validation metrics after every epoch and may stop it
     (status ``pruned``); ``study`` (name, trial) links a search trial's record to its study.
     Everything that can fail is checked before anything is written (as :func:`check`).
@@ -136,10 +146,12 @@ def execute(
         if existing is not None and existing["status"] == "ok":
             return RunOutcome(final, existing, reused=True)
     device = _check_machine(cfg, images)
+    if estimate and cfg.preset == "paper":
+        console.print(paper_estimate(cfg, out, images, split, device))
 
     parent = None
     if cfg.parent is not None:
-        parent = execute(cfg.parent, out, console, show_progress, reuse=True)
+        parent = execute(cfg.parent, out, console, show_progress, reuse=True, estimate=False)
     _header(console, cfg, images, split, device, final, parent)
 
     started = time.perf_counter()
@@ -189,6 +201,47 @@ def check(cfg: RunConfig, out: Path) -> Path:
     return store.runs_dir(out) / store.run_name(
         cfg.method, cfg.backbone, cfg.preset, cfg.seed, chash
     )
+
+
+PROBE_WARMUP, PROBE_STEPS = 1, 2  # steps of the paper estimate's measurement, per stage
+
+
+def paper_estimate(
+    cfg: RunConfig, out: Path, images: ImageSet, split: Split, device: torch.device
+) -> str:
+    """The line printed before a ``paper`` run: for each stage still to train (a finished
+    stage-1 parent costs nothing), its training images (epochs × steps × batch) at the speed
+    of its method's own step measured on a resident batch (:func:`bmdbench.speed.measure_limit`,
+    a warm-up step and two timed ones, uncompiled), the total time and the peak memory.
+
+    Three steps per stage: seconds on a GPU, far longer at 512 px on a CPU (where ``paper``
+    itself would take weeks).
+    """
+    runs = [cfg]
+    if cfg.parent is not None and not _finished(cfg.parent, out):
+        runs.insert(0, cfg.parent)
+    size = (int(images.images.shape[1]), int(images.images.shape[2]))
+    stages = []
+    for run in runs:
+        method = build_method(run)
+        trainer = Trainer(device, show_progress=False, amp=run.amp)
+        if method.stage == 2:  # labeled and unlabeled images, pseudo-labeled or not
+            stage, pool = run.stage2, len(split.train) + len(split.unlabeled)
+            labeled = stage.labeled_per_batch
+        else:
+            stage, pool = run.stage1, len(split.train)
+            labeled = stage.batch_size
+        batch = resident_batch(trainer, stage.batch_size, size, labeled)
+        speed = measure_limit(trainer, method, batch, PROBE_STEPS, PROBE_WARMUP)
+        label = f"stage {method.stage} ({run.method})"
+        stages.append(StageEstimate(label, stage_images(stage, pool), speed))
+    return describe_estimate(stages, resident_bytes(images, split))
+
+
+def _finished(cfg: RunConfig, out: Path) -> bool:
+    """Whether a finished run (status ok) of ``cfg`` is under ``out``, to be reused."""
+    record = store.read_record(check(cfg, out))
+    return record is not None and record["status"] == "ok"
 
 
 _BACKBONES_CHECKED: set[tuple[str, str | None, tuple[int, ...]]] = set()

@@ -1,25 +1,28 @@
-"""Training speed against its physical limit.
+"""Training speed against its physical limit, and what a run will cost before it starts.
 
 The *limit* of a method is its own training step as :meth:`Trainer.step` runs it (forward
 passes, backward, the optimiser step, the method's ``after_step`` hook) on one batch that
 already lies on the device, with no augmentation: no data loading, no augmentation, no
 validation, no logging. Whatever the Trainer loses against it is the Trainer's own
-overhead (``bench/bench_limit.py`` measures both).
+overhead (``bench/bench_limit.py`` measures both). A few steps of the same measurement
+give the time estimate printed before a ``paper`` run (:func:`describe_estimate`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bmdbench.config import StageConfig
-from bmdbench.data.module import Batch
+from bmdbench.data.module import Batch, steps_per_epoch
 from bmdbench.methods.base import FitContext, Method
 from bmdbench.trainer import Trainer
+
+GIB = 2**30
 
 
 @dataclass(frozen=True)
@@ -129,3 +132,50 @@ def _now(trainer: Trainer) -> float:
     if trainer.cuda:
         torch.cuda.synchronize(trainer.device)
     return time.perf_counter()
+
+
+@dataclass(frozen=True)
+class StageEstimate:
+    """One stage of a run to come, priced at a measured speed."""
+
+    label: str  # e.g. "stage 1 (atl)"
+    images: int  # training images the stage passes through the optimiser
+    speed: Speed  # the stage's method, measured at its limit
+
+    @property
+    def seconds(self) -> float:
+        return self.images / self.speed.images_per_s
+
+
+def stage_images(stage: StageConfig, pool: int) -> int:
+    """Training images of a stage over a pool of ``pool`` images: epochs × steps per epoch ×
+    batch size (a last, smaller batch counted whole: a step costs about the same)."""
+    return stage.epochs * steps_per_epoch(pool, stage.batch_size) * stage.batch_size
+
+
+def describe_estimate(stages: Sequence[StageEstimate], resident_bytes: int) -> str:
+    """One line: each stage's images at its measured speed, the total time, and memory.
+
+    The time is a lower bound: the limit leaves out augmentation, validation and pseudo-label
+    refreshes. Memory is the largest measured peak of a stage plus the images held on the
+    device for the run (``resident_bytes``); a CPU reports the images alone.
+    """
+    parts = [f"{s.label} {s.images:,} images at {s.speed.images_per_s:,.1f} img/s" for s in stages]
+    peaks = [s.speed.peak_bytes for s in stages if s.speed.peak_bytes is not None]
+    if peaks:
+        memory = (
+            f"peak GPU memory ≈ {(max(peaks) + resident_bytes) / GIB:.1f} GiB "
+            f"(images {resident_bytes / GIB:.1f} GiB)"
+        )
+    else:
+        memory = f"images on the device {resident_bytes / GIB:.1f} GiB"
+    total = _duration(sum(s.seconds for s in stages))
+    return (
+        f"estimate: {', '.join(parts)}: at least {total} at the limit measured on a resident "
+        f"batch; {memory}"
+    )
+
+
+def _duration(seconds: float) -> str:
+    """Minutes below an hour, hours from there."""
+    return f"{seconds / 60:.1f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"

@@ -44,9 +44,7 @@ class DataModule:
         self.scale = float(images.max_value)
         self.n_labeled = len(split.train)
         self.unit = images.unit
-        pixels = (
-            images.images if images.images.dtype == np.uint8 else images.images.astype(np.int32)
-        )
+        pixels = images.images.astype(_resident_dtype(images.images.dtype), copy=False)
         train = split.train
         if target_norm == "zscore":
             self.target_mean = float(images.targets[train].mean())
@@ -145,6 +143,18 @@ class DataModule:
     def eval_targets(self, split: str) -> np.ndarray:
         """Targets of ``val`` or ``test`` in their own unit."""
         return self._eval[split][1]
+
+
+def resident_bytes(images: ImageSet, split: Split) -> int:
+    """Bytes of the images a :class:`DataModule` of ``split`` holds on its device."""
+    n = sum(len(idx) for idx in (split.train, split.unlabeled, split.val, split.test))
+    height, width = images.images.shape[1:]
+    return n * height * width * _resident_dtype(images.images.dtype).itemsize
+
+
+def _resident_dtype(dtype: np.dtype) -> np.dtype:
+    """uint8 images stay uint8 on the device; 16-bit ones are held as int32."""
+    return np.dtype(np.uint8) if dtype == np.uint8 else np.dtype(np.int32)
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
