@@ -229,7 +229,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "stage1": {"epochs": 20, "lr": 3e-4, "schedule": "cosine"},
         "stage2": {"epochs": 4, "lr": 2.67e-4, "schedule": "cosine", "warmup": 0.1},
         # the teacher's horizon, 1/(1 − decay) steps, the same share of stage 2 as the
-        # paper's (5 of 276 steps; 1000 of 54,100): with 0.999 or 0.99 the evaluated teacher
+        # paper's (5 of 276 steps; 1000 of 54,200): with 0.999 or 0.99 the evaluated teacher
         # still holds the weights of stage 2's hot start when its rate has annealed
         "mean_teacher": {"ema_decay": 0.8},
     },
