@@ -110,6 +110,6 @@ def test_a_preset_sets_a_methods_hyperparameters_below_set():
 def test_quick_keeps_the_papers_ratios():
     assert budget_ratio("quick") == pytest.approx(1.75, rel=0.05)
     quick = resolve("proposed", "tiny", "quick")
-    n_train = quick.synth.n_labeled - quick.split.val - quick.split.test
+    n_train, _ = train_and_pool(quick)
     assert quick.synth.n_unlabeled >= 10 * n_train
     assert set(PRESETS) == {"paper", "quick", "smoke"}
