@@ -6,7 +6,7 @@ size and epoch count. Prints both test Rs, both wall times (whole commands, star
 decoding included) and their ratio. bmdbench must not lose: R ≥ the reference's − 0.01 at a
 time ratio ≤ 1.1.
 
-    python bench/compare_reference.py --data phantoms --networks vgg11_bn_se
+    python bench/compare_reference.py --data phantoms --networks vgg11_bn
     python bench/compare_reference.py --data ../shared/data/rsna-boneage-100px/manifest.csv \\
         --networks resnet18,vgg11_bn --n-labeled 440 --n-val 150 --n-test 500
 """
@@ -33,7 +33,7 @@ def timed(command: list[str]) -> tuple[float, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="phantoms", help="'phantoms' or a manifest CSV")
-    parser.add_argument("--networks", default="vgg11_bn_se")
+    parser.add_argument("--networks", default="vgg11_bn")
     parser.add_argument("--n-labeled")
     parser.add_argument("--n-val")
     parser.add_argument("--n-test")

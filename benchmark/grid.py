@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bmdbench import store
-from bmdbench.config import RunConfig, resolve, stable_hash
+from bmdbench.config import RunConfig, resolve, stable_hash, to_dict
 from bmdbench.dispatch import IDLE_S, CellQueue, Counts
 from bmdbench.errors import BmdError
 from bmdbench.methods import METHODS
@@ -43,10 +44,11 @@ class Cell:
     device: str = "auto"
     sets: tuple[tuple[str, str], ...] = ()  # --set overrides, sorted
 
-    @property
+    @cached_property
     def key(self) -> str:
-        """Identity of the cell (the device it runs on is not part of it)."""
-        return stable_hash({k: v for k, v in asdict(self).items() if k != "device"})[:16]
+        """Identity of the cell: its resolved config, preset values and method
+        hyperparameters included (a changed preset makes new cells), not its device."""
+        return stable_hash(to_dict(replace(self, device="auto").config()))[:16]
 
     def config(self) -> RunConfig:
         return resolve(

@@ -62,16 +62,21 @@ def test_cosine_and_step_schedules():
     assert [lr_at(warm, s, 4) for s in range(4)] == pytest.approx([1 / 3, 2 / 3, 1.0, 0.5])
 
 
-def budget_ratio(preset: str) -> float:
-    """Stage 2's Σ lr·steps over stage 1's, for a preset's set sizes (no label budget)."""
-    cfg = resolve("proposed", "tiny", preset)
+def train_and_pool(cfg) -> tuple[int, int]:
+    """Labeled training images and the stage-2 pool of a preset's set sizes (no label budget)."""
     n_train = cfg.synth.n_labeled - cfg.split.val - cfg.split.test
     if cfg.split.val < 1:  # the paper's fractions of the labeled images
         n_train = cfg.synth.n_labeled - round(cfg.split.val * cfg.synth.n_labeled)
         n_train -= round(cfg.split.test * cfg.synth.n_labeled)
-    pool = n_train + cfg.synth.n_unlabeled
-    stage1 = lr_budget(cfg.stage1, steps_per_epoch(int(n_train), cfg.stage1.batch_size))
-    stage2 = lr_budget(cfg.stage2, steps_per_epoch(int(pool), cfg.stage2.batch_size))
+    return int(n_train), int(n_train) + cfg.synth.n_unlabeled
+
+
+def budget_ratio(preset: str) -> float:
+    """Stage 2's Σ lr·steps over stage 1's."""
+    cfg = resolve("proposed", "tiny", preset)
+    n_train, pool = train_and_pool(cfg)
+    stage1 = lr_budget(cfg.stage1, steps_per_epoch(n_train, cfg.stage1.batch_size))
+    stage2 = lr_budget(cfg.stage2, steps_per_epoch(pool, cfg.stage2.batch_size))
     return stage2 / stage1
 
 
@@ -79,9 +84,32 @@ def test_paper_stage2_budget_is_1_75_times_stage1():
     assert budget_ratio("paper") == pytest.approx(1.757, abs=0.01)
 
 
+def stage2_steps(preset: str) -> int:
+    cfg = resolve("mean_teacher", "tiny", preset)
+    return cfg.stage2.epochs * steps_per_epoch(train_and_pool(cfg)[1], cfg.stage2.batch_size)
+
+
+def teacher_share(preset: str) -> float:
+    """The mean teacher's EMA horizon, 1/(1 − decay) steps, as a share of stage 2's steps."""
+    decay = resolve("mean_teacher", "tiny", preset).hparams.ema_decay
+    return 1 / (1 - decay) / stage2_steps(preset)
+
+
+def test_quick_keeps_the_papers_mean_teacher_horizon():
+    assert teacher_share("paper") == pytest.approx(1000 / 54_200)  # 100 epochs of 542 steps
+    assert teacher_share("quick") == pytest.approx(teacher_share("paper"), rel=0.1)
+
+
+def test_a_preset_sets_a_methods_hyperparameters_below_set():
+    assert resolve("mean_teacher", "tiny", "quick").hparams.ema_decay == 0.8
+    assert resolve("mean_teacher", "tiny", "paper").hparams.ema_decay == 0.999  # the authors'
+    cfg = resolve("mean_teacher", "tiny", "quick", {"mean_teacher.ema_decay": "0.995"})
+    assert cfg.hparams.ema_decay == 0.995
+
+
 def test_quick_keeps_the_papers_ratios():
     assert budget_ratio("quick") == pytest.approx(1.75, rel=0.05)
     quick = resolve("proposed", "tiny", "quick")
-    n_train = quick.synth.n_labeled - quick.split.val - quick.split.test
+    n_train, _ = train_and_pool(quick)
     assert quick.synth.n_unlabeled >= 10 * n_train
     assert set(PRESETS) == {"paper", "quick", "smoke"}

@@ -39,6 +39,22 @@ def test_parents_come_first_once_without_other_methods_settings():
     assert len({c.key for c in ordered}) == len(ordered)
 
 
+def test_a_changed_preset_makes_new_cells(monkeypatch):
+    # the queue knows cells by key: a preset edited between two `bmdbench grid` calls must
+    # not leave the old runs counted as the new ones
+    from bmdbench.config import PRESETS
+
+    cell = Cell("mean_teacher", "tiny", 0, "smoke", device="cpu")
+    before = cell.key
+    monkeypatch.setitem(PRESETS, "smoke", {**PRESETS["smoke"], "mean_teacher": {"ema_decay": 0.9}})
+    assert Cell("mean_teacher", "tiny", 0, "smoke", device="cpu").key != before
+    assert Cell("mean_teacher", "tiny", 0, "smoke", device="cuda").key != before  # the preset
+    assert (
+        Cell("mean_teacher", "tiny", 0, "smoke", device="cuda").key
+        == Cell("mean_teacher", "tiny", 0, "smoke", device="cpu").key  # not the device
+    )
+
+
 def test_table_cells_follow_the_paper():
     cells = table_cells([TABLES["table3"]], 1, {}, BASE, "tiny")
     margins = [(c.method, dict(c.sets).get(f"{c.method}.margin")) for c in cells]
