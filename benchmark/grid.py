@@ -29,6 +29,7 @@ from bmdbench.dispatch import IDLE_S, CellQueue, Counts
 from bmdbench.errors import BmdError
 from bmdbench.methods import METHODS
 from bmdbench.paper_tables import PAPER_BACKBONE, PaperTable
+from bmdbench.results import signature
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,9 @@ class Cell:
     @cached_property
     def key(self) -> str:
         """Identity of the cell: its resolved config, preset values and method
-        hyperparameters included (a changed preset makes new cells), not its device."""
-        return stable_hash(to_dict(replace(self, device="auto").config()))[:16]
+        hyperparameters included (a changed preset makes new cells), not its device or
+        ``compile`` (how its runs execute)."""
+        return stable_hash([signature(to_dict(self.config())), self.seed])[:16]
 
     def config(self) -> RunConfig:
         return resolve(

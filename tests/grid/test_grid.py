@@ -53,6 +53,8 @@ def test_a_changed_preset_makes_new_cells(monkeypatch):
         Cell("mean_teacher", "tiny", 0, "smoke", device="cuda").key
         == Cell("mean_teacher", "tiny", 0, "smoke", device="cpu").key  # not the device
     )
+    compiled = Cell("mean_teacher", "tiny", 0, "smoke", sets=(("compile", "true"),))
+    assert compiled.key == Cell("mean_teacher", "tiny", 0, "smoke").key  # nor compile
 
 
 def test_table_cells_follow_the_paper():
