@@ -83,6 +83,25 @@ def test_mean_teacher_predicts_with_the_teacher():
     assert not torch.allclose(method.predict(x), method.regressor(x)[1])
 
 
+def test_mean_teacher_reports_the_targets_it_trained_on():
+    method = MeanTeacher(Regressor(build_backbone("tiny")), MeanTeacherParams())
+    method.on_stage_start(ctx_stub(pool_size=4))
+    with torch.no_grad():
+        method.teacher.head.weight.zero_()
+        method.teacher.head.bias.fill_(2.5)  # the teacher predicts 2.5 for every view
+    images = torch.rand(2, 1, 16, 16)
+    batch = SimpleNamespace(
+        images=images,
+        targets=torch.tensor([1.0, float("nan")]),
+        labeled=torch.tensor([True, False]),
+        index=torch.tensor([1, 3]),
+    )
+    method.training_step(batch, SimpleNamespace(augment=lambda x: x, progress=1.0, log={}))
+    estimates = method.unlabeled_estimates(SimpleNamespace())
+    assert estimates[[1, 3]].tolist() == [2.5, 2.5]  # recorded, not predicted again
+    assert torch.isnan(estimates[[0, 2]]).all()  # images not trained on yet
+
+
 @pytest.mark.parametrize(
     ("r", "mse", "expected"),
     [
