@@ -17,7 +17,8 @@ one step of the limit (torch's FlopCounterMode, forward and backward) per image,
 images/s; a Trainer's FLOP/s counts the same useful work. A Trainer figure includes what a
 run does besides its steps (augmentation, validation after each epoch, ``proposed``'s
 pseudo-label refreshes); it is the second of two fits, the first (one epoch) warming up.
-A limit follows ``--warmup`` untimed steps. Methods are built as a run builds them
+A limit follows ``--warmup`` untimed steps, and is measured right before and right after
+the fits it is compared with; its row shows the mean of the two, the reference of the ratio. Methods are built as a run builds them
 (``bmdbench.runner.build_method``, default hyperparameters, the ``quick`` preset's
 schedules). Runs unchanged on CPU and CUDA (clocks are read after a synchronise).
 
@@ -124,20 +125,39 @@ def main() -> None:
     }
 
     header(args, trainer, data)
-    speed, flops = limit("baseline", args, trainer, stages[1])
-    show(Measured("(a)  limit", speed.images_per_s, flops, speed.warmup_s))
-    for name in STAGE1:
-        ips, warm, _ = fitted(name, args, trainer, data, stages[1])
-        show(Measured(f"(b)  {name}", ips, flops, warm, ips / speed.images_per_s))
+    compare("baseline", STAGE1, "(a)  limit", "(b) ", args, trainer, data, stages[1])
     for name in STAGE2:
-        own, own_flops = limit(name, args, trainer, stages[2])
-        show(Measured(f"(a′) {name} limit", own.images_per_s, own_flops, own.warmup_s))
-        ips, warm, method = fitted(name, args, trainer, data, stages[2])
-        note = ", ".join(f"{k} {v:g}" for k, v in method.summary().items())
-        show(Measured(f"(c)  {name}", ips, own_flops, warm, ips / own.images_per_s, note))
+        compare(name, (name,), f"(a′) {name} limit", "(c) ", args, trainer, data, stages[2])
     print(
         "ratio: (b) over (a), (c) over its (a′); achieved: the limit's FLOPs per image × images/s"
     )
+
+
+def compare(
+    limit_of: str,
+    fits: tuple[str, ...],
+    limit_label: str,
+    fit_label: str,
+    args: argparse.Namespace,
+    trainer: Trainer,
+    data: DataModule,
+    stage: StageConfig,
+) -> None:
+    """The Trainer fits of ``fits`` against ``limit_of``'s limit, measured right before and
+    right after them: the mean of the two is the reference, so a machine that speeds up or
+    slows down during the fits (another process, clock boost) biases no ratio."""
+    before, flops = limit(limit_of, args, trainer, stage)
+    rows = []
+    for name in fits:
+        ips, warm, method = fitted(name, args, trainer, data, stage)
+        note = ", ".join(f"{k} {v:g}" for k, v in method.summary().items())
+        rows.append((name, ips, warm, note))
+    after, _ = limit(limit_of, args, trainer, stage)
+    reference = (before.images_per_s + after.images_per_s) / 2
+    spread = f"before {before.images_per_s:.1f}, after {after.images_per_s:.1f}"
+    show(Measured(limit_label, reference, flops, before.warmup_s, note=spread))
+    for name, ips, warm, note in rows:
+        show(Measured(f"{fit_label} {name}", ips, flops, warm, ips / reference, note))
 
 
 def header(args: argparse.Namespace, trainer: Trainer, data: DataModule) -> None:
