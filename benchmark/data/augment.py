@@ -1,7 +1,9 @@
 """Batched random augmentation on the training device, per-sample parameters.
 
 Geometry (affine: rotation, translation, scale; horizontal flip) comes from
-kornia; brightness and contrast are two lines of tensor arithmetic. Calling
+kornia; ``geometry="shift"`` replaces the affine warp by whole-pixel shifts, which copy
+pixels instead of resampling them. Brightness and contrast are two lines of tensor
+arithmetic. Calling
 the same :class:`BatchAugment` twice on one batch draws two independent
 augmentations (the two views consistency methods need).
 """
@@ -21,18 +23,22 @@ class BatchAugment(nn.Module):
     def __init__(self, cfg: AugmentConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.geometry = nn.Sequential(
+        warp: nn.Module = (
             K.RandomAffine(
                 degrees=cfg.rotation_deg,
                 translate=(cfg.translate, cfg.translate),
                 scale=(cfg.scale_min, cfg.scale_max),
                 padding_mode="border",
                 p=1.0,
-            ),
-            K.RandomHorizontalFlip(p=cfg.hflip),
+            )
+            if cfg.geometry == "affine"
+            else nn.Identity()
         )
+        self.geometry = nn.Sequential(warp, K.RandomHorizontalFlip(p=cfg.hflip))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cfg.geometry == "shift":
+            x = shift(x, self.cfg.translate)
         x = self.geometry(x)
         b = x.shape[0]
         shape = (b,) + (1,) * (x.ndim - 1)
@@ -40,3 +46,19 @@ class BatchAugment(nn.Module):
         contrast = 1 + (torch.rand(shape, device=x.device) * 2 - 1) * self.cfg.contrast
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         return (x - mean) * contrast + mean + brightness
+
+
+def shift(x: torch.Tensor, translate: float) -> torch.Tensor:
+    """Shift each image by whole pixels, drawn uniformly from ±round(translate × side) per
+    axis, repeating the border pixels into the space uncovered: every output pixel is a
+    copy of an input pixel, so the image keeps its sharpness."""
+    b, _, h, w = x.shape
+    dy_max, dx_max = round(translate * h), round(translate * w)
+    if dy_max == 0 and dx_max == 0:
+        return x
+    dy = torch.randint(-dy_max, dy_max + 1, (b, 1), device=x.device)
+    dx = torch.randint(-dx_max, dx_max + 1, (b, 1), device=x.device)
+    rows = (torch.arange(h, device=x.device) - dy).clamp_(0, h - 1)  # (B, H)
+    cols = (torch.arange(w, device=x.device) - dx).clamp_(0, w - 1)  # (B, W)
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    return x.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)

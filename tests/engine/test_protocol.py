@@ -100,6 +100,12 @@ def test_quick_keeps_the_papers_mean_teacher_horizon():
     assert teacher_share("quick") == pytest.approx(teacher_share("paper"), rel=0.1)
 
 
+def test_every_preset_keeps_the_teachers_ramp_up_decay_below_its_later_decay():
+    for preset in ("paper", "quick"):
+        params = resolve("mean_teacher", "tiny", preset).hparams
+        assert params.ema_decay_rampup < params.ema_decay, preset
+
+
 def test_a_preset_sets_a_methods_hyperparameters_below_set():
     assert resolve("mean_teacher", "tiny", "quick").hparams.ema_decay == 0.8
     assert resolve("mean_teacher", "tiny", "paper").hparams.ema_decay == 0.999  # the authors'
