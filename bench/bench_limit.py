@@ -22,7 +22,7 @@ the fits it is compared with; its row shows the mean of the two, the reference o
 (``bmdbench.runner.build_method``, default hyperparameters, the ``quick`` preset's
 schedules). Runs unchanged on CPU and CUDA (clocks are read after a synchronise).
 
-    python bench/bench_limit.py --backbone vgg11_bn_se --size 64 [--batch 16] [--steps 20]
+    python bench/bench_limit.py --backbone vgg11_bn_se --size 32 [--batch 16] [--steps 20]
         [--device auto] [--amp auto] [--compile] [--train 512] [--unlabeled 512] [--epochs 1]
 """
 
@@ -86,7 +86,7 @@ def fitted(
     the warm-up's seconds, and the method (for its summary)."""
     seed_everything(0)
     method = new_method(name, args.backbone)
-    augment = BatchAugment(AugmentConfig())
+    augment = BatchAugment(augmentation(args))
     generator = torch.Generator().manual_seed(0)
     started = time.perf_counter()
     trainer.fit(method, data, replace(stage, epochs=1), augment, generator)
@@ -95,10 +95,17 @@ def fitted(
     return fit.images_seen / fit.train_seconds, warmup_s, method
 
 
+def augmentation(args: argparse.Namespace) -> AugmentConfig:
+    """The ``quick`` preset's augmentation at its image size (whole-pixel shifts), the
+    paper's affine warp at any other size."""
+    quick = resolve("baseline", args.backbone, "quick")
+    return quick.augment if args.size == quick.image_size else AugmentConfig()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="vgg11_bn_se")
-    parser.add_argument("--size", type=int, default=64, help="image side, pixels")
+    parser.add_argument("--size", type=int, default=32, help="image side, pixels (quick: 32)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"))
@@ -169,7 +176,7 @@ def header(args: argparse.Namespace, trainer: Trainer, data: DataModule) -> None
     print(
         f"{name}; torch {torch.__version__}; {args.backbone} at {args.size} px, "
         f"batch {args.batch}, {'bf16 autocast' if trainer.mixed else 'fp32'}, "
-        f"compile {'on' if args.compile else 'off'}"
+        f"compile {'on' if args.compile else 'off'}, augmentation {augmentation(args).geometry}"
     )
     print(
         f"limits: {args.steps} steps after {args.warmup}; Trainer: {args.epochs} epoch(s) after "
