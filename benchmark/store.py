@@ -168,17 +168,26 @@ def publish(staging: Path, final: Path) -> None:
         staging.rename(final)
 
 
-def git_sha() -> str:
-    """The commit of the bmdbench source tree, or "unknown" outside a git checkout."""
+SOURCE_PATHS = (":/benchmark", ":/methods", ":/backbones", ":/pyproject.toml")
+"""What a run's code is made of, relative to the repository root (git pathspecs)."""
+
+
+def git_sha(where: Path | None = None) -> str:
+    """The commit of the bmdbench source tree, with ``-dirty`` appended when the source
+    (:data:`SOURCE_PATHS`) differs from that commit, or "unknown" outside a git checkout.
+
+    ``where``: a folder inside the checkout (default: this package's own folder).
+    """
+    cwd = where or Path(__file__).resolve().parent
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5)
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return "unknown"
+        changed = git("diff", "--quiet", "HEAD", "--", *SOURCE_PATHS).returncode != 0
     except (OSError, subprocess.SubprocessError):
         return "unknown"
-    return out.stdout.strip()
+    return head.stdout.strip() + ("-dirty" if changed else "")

@@ -132,8 +132,8 @@ def _footer(runs: pd.DataFrame, table: PaperTable, tidy: pd.DataFrame, resamples
     lines = [
         f"Measured on {join('data_source')} (data {join('data_fingerprint')[:12]}), "
         f"preset {join('preset')}, seeds {', '.join(map(str, seeds))}, device {join('device')}, "
-        f"git {', '.join(s[:10] for s in sorted(set(runs['git_sha'])))}; {draw}; reference for ΔR: "
-        f"{table.reference}. Paper: Zheng et al., MICCAI 2021 (in-house hip X-rays, not this data).",
+        f"git {', '.join(_short_sha(s) for s in sorted(set(runs['git_sha'])))}; {draw}; "
+        f"reference for ΔR: {table.reference}. Paper: Zheng et al., MICCAI 2021 (in-house hip X-rays, not this data).",
         _statistics_line(tidy, resamples, redraw),
         f"— in p (Holm): fewer than {MIN_SEEDS_TEST} paired seeds, no test; "
         f"in sign-flip p: fewer than {MIN_SEEDS_SIGN_FLIP}.",
@@ -153,6 +153,11 @@ def _footer(runs: pd.DataFrame, table: PaperTable, tidy: pd.DataFrame, resamples
             f"the same loss on raw targets, σ = {sd:.4g} the SD of the labeled training targets."
         )
     return "\n".join(lines)
+
+
+def _short_sha(sha: str) -> str:
+    """A commit's first 10 characters, keeping the ``-dirty`` mark of uncommitted source."""
+    return sha[:10] + ("-dirty" if sha.endswith("-dirty") else "")
 
 
 def _statistics_line(tidy: pd.DataFrame, resamples: int, redraw: bool) -> str:

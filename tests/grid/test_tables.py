@@ -327,3 +327,12 @@ def test_cells_with_identical_predictions_get_identical_intervals(tmp_path):
     stats = _build(tmp_path, "table2").tidy
     assert stats["r_ci_low"].nunique() == 1 and stats["r_ci_high"].nunique() == 1
     assert (stats["delta_r"].dropna() == 0).all()
+
+
+def test_the_footer_marks_runs_of_uncommitted_source(tmp_path):
+    write_runs(tmp_path, "table2", 3)
+    first = next(store.runs_dir(tmp_path).glob("pi_model-*"))
+    record = json.loads((first / store.RECORD).read_text())
+    record["git_sha"] = "0123456789abcdef-dirty"
+    store.write_json(first / store.RECORD, record)
+    assert "git 0123456789-dirty, abc;" in _build(tmp_path, "table2").footer
