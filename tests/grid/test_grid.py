@@ -110,9 +110,17 @@ def test_killed_grid_resumes_and_runs_every_cell_once(tmp_path):
     leftovers = [p.name for p in store.runs_dir(tmp_path).iterdir() if p.name.startswith(".")]
     assert leftovers == []
     (events,) = (tmp_path / "grids").glob("*.events.jsonl")
-    ends = [json.loads(line) for line in events.read_text().splitlines()]
-    trained = collections.Counter(e["key"] for e in ends if e["event"] == "end" and not e["reused"])
-    assert len(trained) == 12 and set(trained.values()) == {1}  # no cell trained twice
+    logged = [json.loads(line) for line in events.read_text().splitlines()]
+    trained = collections.Counter(
+        e["key"] for e in logged if e["event"] == "end" and not e["reused"]
+    )
+    assert set(trained.values()) == {1}  # no cell trained twice
+    # The kill may land after a cell's record is published and before its "end" is logged:
+    # that cell, started twice, is then reused by the second grid, not trained again.
+    starts = collections.Counter(e["key"] for e in logged if e["event"] == "start")
+    in_flight = {e["key"] for e in logged if e["event"] == "end"} - set(trained)
+    assert len(in_flight) <= 1 and all(starts[key] == 2 for key in in_flight)
+    assert len(trained) + len(in_flight) == 12
 
     again = subprocess.run(_grid(tmp_path), env=env, capture_output=True, text=True, timeout=600)
     assert "12 already done" in again.stdout and "12 of 12 cells done" in again.stdout
