@@ -21,7 +21,7 @@ def test_preset_then_overrides_then_set():
     assert cfg.image_size == PRESETS["quick"]["image_size"]
     assert cfg.stage1.epochs == 3
     assert cfg.stage1.weight_decay == 4e-4  # default kept
-    assert cfg.hparams.margin == 0.3 and cfg.hparams.weight == 0.5
+    assert cfg.hparams.margin == 0.3 and cfg.hparams.weight == 0.05  # the preset's λ
 
 
 def test_stage2_method_resolves_its_parent_with_parent_keys():

@@ -106,6 +106,18 @@ def test_every_preset_keeps_the_teachers_ramp_up_decay_below_its_later_decay():
         assert params.ema_decay_rampup < params.ema_decay, preset
 
 
+def test_quick_gives_every_triplet_term_one_weight_and_paper_the_authors():
+    from bmdbench.config import TRIPLET_METHODS
+    from bmdbench.methods import METHODS
+
+    for name in METHODS.names():
+        has_weight = hasattr(METHODS.get(name).Params(), "weight")
+        assert has_weight == (name in TRIPLET_METHODS) or name == "pseudo_label", name
+    for name in TRIPLET_METHODS:
+        assert resolve(name, "tiny", "quick").hparams.weight == 0.05, name
+        assert resolve(name, "tiny", "paper").hparams.weight == 0.5, name  # the authors'
+
+
 def test_a_preset_sets_a_methods_hyperparameters_below_set():
     assert resolve("mean_teacher", "tiny", "quick").hparams.ema_decay == 0.8
     assert resolve("mean_teacher", "tiny", "paper").hparams.ema_decay == 0.999  # the authors'
