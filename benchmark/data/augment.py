@@ -1,10 +1,9 @@
 """Batched random augmentation on the training device, per-sample parameters.
 
-Geometry (affine: rotation, translation, scale; horizontal flip) comes from
-kornia; ``geometry="shift"`` replaces the affine warp by whole-pixel shifts, which copy
-pixels instead of resampling them. Brightness and contrast are two lines of tensor
-arithmetic. Calling
-the same :class:`BatchAugment` twice on one batch draws two independent
+Geometry (affine: rotation, translation, scale; horizontal flip) comes from kornia;
+``geometry="shift"`` replaces the affine warp by whole-pixel shifts, which copy pixels
+instead of resampling them. Brightness and contrast are two lines of tensor arithmetic.
+Calling the same :class:`BatchAugment` twice on one batch draws two independent
 augmentations (the two views consistency methods need).
 """
 
