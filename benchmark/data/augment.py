@@ -51,7 +51,7 @@ def shift(x: torch.Tensor, translate: float) -> torch.Tensor:
     """Shift each image by whole pixels, drawn uniformly from ±round(translate × side) per
     axis, repeating the border pixels into the space uncovered: every output pixel is a
     copy of an input pixel, so the image keeps its sharpness."""
-    b, _, h, w = x.shape
+    b, c, h, w = x.shape
     dy_max, dx_max = round(translate * h), round(translate * w)
     if dy_max == 0 and dx_max == 0:
         return x
@@ -59,5 +59,8 @@ def shift(x: torch.Tensor, translate: float) -> torch.Tensor:
     dx = torch.randint(-dx_max, dx_max + 1, (b, 1), device=x.device)
     rows = (torch.arange(h, device=x.device) - dy).clamp_(0, h - 1)  # (B, H)
     cols = (torch.arange(w, device=x.device) - dx).clamp_(0, w - 1)  # (B, W)
-    batch = torch.arange(b, device=x.device)[:, None, None]
-    return x.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    channel = torch.arange(c, device=x.device)[None, :, None, None]
+    # indexed in (B, C, H, W) order, so the result has the standard strides: a view whose
+    # strides also read as channels_last sent the CPU convolutions down a path 20 % slower
+    return x[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]

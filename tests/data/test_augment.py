@@ -49,3 +49,9 @@ def test_shifts_differ_between_the_images_of_a_batch():
     x = torch.rand(1, 1, 32, 32).expand(16, 1, 32, 32)
     y = shift(x, 0.1)
     assert len({tuple(img.flatten()[:40].tolist()) for img in y}) > 1
+
+
+def test_a_shifted_batch_has_the_standard_layout():
+    x = torch.rand(4, 1, 8, 8)
+    # a view whose strides also read as channels_last made CPU convolutions 20 % slower
+    assert shift(x, 0.25).stride() == x.stride()
