@@ -31,13 +31,11 @@ class BatchAugment(nn.Module):
                 p=1.0,
             )
             if cfg.geometry == "affine"
-            else nn.Identity()
+            else RandomShift(cfg.translate)
         )
         self.geometry = nn.Sequential(warp, K.RandomHorizontalFlip(p=cfg.hflip))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cfg.geometry == "shift":
-            x = shift(x, self.cfg.translate)
         x = self.geometry(x)
         b = x.shape[0]
         shape = (b,) + (1,) * (x.ndim - 1)
@@ -45,6 +43,17 @@ class BatchAugment(nn.Module):
         contrast = 1 + (torch.rand(shape, device=x.device) * 2 - 1) * self.cfg.contrast
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         return (x - mean) * contrast + mean + brightness
+
+
+class RandomShift(nn.Module):
+    """:func:`shift` as a module, in the place of the affine warp."""
+
+    def __init__(self, translate: float) -> None:
+        super().__init__()
+        self.translate = translate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return shift(x, self.translate)
 
 
 def shift(x: torch.Tensor, translate: float) -> torch.Tensor:

@@ -7,9 +7,10 @@ import math
 import pytest
 import torch
 
-from bmdbench.config import PRESETS, SplitConfig, StageConfig, resolve
+from bmdbench.config import PRESETS, TRIPLET_METHODS, SplitConfig, StageConfig, resolve
 from bmdbench.data.module import DataModule, steps_per_epoch
 from bmdbench.data.splits import make_split
+from bmdbench.methods import METHODS
 from bmdbench.trainer import lr_at, lr_budget
 
 CPU = torch.device("cpu")
@@ -107,9 +108,6 @@ def test_every_preset_keeps_the_teachers_ramp_up_decay_below_its_later_decay():
 
 
 def test_quick_gives_every_triplet_term_one_weight_and_paper_the_authors():
-    from bmdbench.config import TRIPLET_METHODS
-    from bmdbench.methods import METHODS
-
     for name in METHODS.names():
         has_weight = hasattr(METHODS.get(name).Params(), "weight")
         assert has_weight == (name in TRIPLET_METHODS) or name == "pseudo_label", name
