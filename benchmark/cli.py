@@ -14,7 +14,7 @@ from rich.table import Table
 
 import bmdbench
 from bmdbench import store
-from bmdbench.errors import BmdError
+from bmdbench.errors import BmdError, RunFailed
 
 app = typer.Typer(
     help="Benchmark semi-supervised regression methods on radiographs (BMD from hip X-rays).",
@@ -596,8 +596,6 @@ def _error(message: str) -> None:
 def main() -> None:
     """Console entry point: a user's mistake becomes one line and exit status 2; a failure
     of the environment (a full disk) one line and exit status 1; ``--debug`` re-raises."""
-    from bmdbench.runner import RunFailed
-
     try:
         app()
     except BmdError as exc:

@@ -4,10 +4,17 @@ Every mistake a user can make (a bad manifest, an unknown method, a wrong
 ``--set`` key) raises a :class:`BmdError`. The CLI prints it as one line,
 ``error: <what> — <fix>``, and exits with its ``exit_status``: 2 for a mistake,
 1 for a failure of the environment (:class:`OutputError`: a full disk).
+
+The other exceptions here end a run rather than report a mistake: :class:`Diverged` and
+:class:`Pruned` stop training (the Trainer, a search's pruner) and the run records why;
+:class:`RunFailed` then reports the written record to the caller (exit status 1 at the CLI).
+Every exception bmdbench raises on purpose is defined in this module, which imports nothing
+heavy, so the CLI can catch them without importing torch.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
 
@@ -38,3 +45,26 @@ class OutputError(BmdError):
     """A file that could not be written (disk full, no permission): nothing was left behind."""
 
     exit_status = 1
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite (raised by the Trainer; the run's status: diverged)."""
+
+    def __init__(self, epoch: int, losses: dict[str, float]) -> None:
+        super().__init__(f"loss is not finite at epoch {epoch}: {losses}")
+        self.epoch = epoch
+        self.losses = losses
+
+
+class Pruned(Exception):
+    """Raised by an epoch callback to end a run early: a search trial its pruner stopped
+    (the run's status: pruned)."""
+
+
+class RunFailed(Exception):
+    """A run ended with status ``diverged``, ``pruned`` or ``failed``; its record is written."""
+
+    def __init__(self, run_dir: Path, status: str, message: str) -> None:
+        super().__init__(f"run {status}: {message}")
+        self.run_dir = run_dir
+        self.status = status

@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bmdbench import store
 from bmdbench.config import RunConfig, resolve, stable_hash, to_dict
 from bmdbench.dispatch import IDLE_S, CellQueue, Counts
-from bmdbench.errors import BmdError
+from bmdbench.errors import BmdError, RunFailed
 from bmdbench.methods import METHODS
 from bmdbench.paper_tables import PAPER_BACKBONE, PaperTable
 from bmdbench.results import signature
@@ -209,7 +209,7 @@ def cell_attrs(cell: Cell) -> dict[str, Any]:
 
 def run_cell(cell: Cell, out: Path) -> tuple[str, str | None, str | None, float | None, bool]:
     """Run one cell (reusing a finished run): (status, run name, error, val R, reused)."""
-    from bmdbench.runner import RunFailed, execute
+    from bmdbench.runner import execute
 
     try:
         outcome = execute(cell.config(), out, Console(quiet=True), show_progress=False, reuse=True)

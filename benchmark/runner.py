@@ -29,7 +29,7 @@ from bmdbench.data.augment import BatchAugment
 from bmdbench.data.imageset import ImageSet
 from bmdbench.data.module import DataModule, resident_bytes
 from bmdbench.data.splits import Split, make_split
-from bmdbench.errors import BmdError, DataError, OutputError
+from bmdbench.errors import BmdError, DataError, Diverged, OutputError, Pruned, RunFailed
 from bmdbench.methods import METHODS, Method, Regressor
 from bmdbench.metrics import METRIC_KEYS
 from bmdbench.speed import (
@@ -39,23 +39,7 @@ from bmdbench.speed import (
     resident_batch,
     stage_images,
 )
-from bmdbench.trainer import (
-    Diverged,
-    EpochCallback,
-    Stopped,
-    Trainer,
-    resolve_device,
-    seed_everything,
-)
-
-
-class RunFailed(Exception):
-    """A run ended with status ``diverged`` or ``failed``; its record is written."""
-
-    def __init__(self, run_dir: Path, status: str, message: str) -> None:
-        super().__init__(f"run {status}: {message}")
-        self.run_dir = run_dir
-        self.status = status
+from bmdbench.trainer import EpochCallback, Trainer, resolve_device, seed_everything
 
 
 @dataclass(frozen=True)
@@ -133,12 +117,12 @@ def execute(
     ``on_epoch`` sees this run's validation metrics after every epoch and may stop it
     (status ``pruned``); ``study`` (name, trial) links a search trial's record to its study.
     Everything that can fail is checked before anything is written (as :func:`check`).
-    Raises :class:`RunFailed` after writing the record of a diverged, pruned or failed run,
+    Raises :class:`~bmdbench.errors.RunFailed` after writing the record of a diverged, pruned or failed run,
     and :class:`~bmdbench.errors.OutputError`, leaving nothing behind, when a write fails.
     """
     console = console or Console()
     store.check_out(out, "runs")
-    images, split, chash = _identify(cfg)
+    images, split, chash = _inputs(cfg)
     name = store.run_name(cfg.method, cfg.backbone, cfg.preset, cfg.seed, chash)
     final = store.runs_dir(out) / name
     if reuse:
@@ -165,13 +149,13 @@ def execute(
             raise
         except Diverged as exc:
             record = {"status": "diverged", "error": str(exc)}
-        except Stopped as exc:
+        except Pruned as exc:
             record = {"status": "pruned", "error": str(exc) or "stopped early by its search"}
         except Exception as exc:  # a bug or a resource problem: recorded, then raised as RunFailed
             (staging / "traceback.txt").write_text(traceback.format_exc())
             record = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
         record.update(
-            _identity(cfg, chash, name, images, split, parent, device),
+            _provenance(cfg, chash, name, images, split, parent, device),
             timings={
                 **record.get("timings", {}),
                 "total_s": round(time.perf_counter() - started, 2),
@@ -196,7 +180,7 @@ def check(cfg: RunConfig, out: Path) -> Path:
     its header; a grid or a search makes them for each of its runs before it starts.
     """
     store.check_out(out, "runs")
-    images, _, chash = _identify(cfg)
+    images, _, chash = _inputs(cfg)
     _check_machine(cfg, images)
     return store.runs_dir(out) / store.run_name(
         cfg.method, cfg.backbone, cfg.preset, cfg.seed, chash
@@ -278,7 +262,7 @@ def _nothing_left_if_it_fails(staging: Path) -> Iterator[None]:
         raise
 
 
-def _identify(cfg: RunConfig) -> tuple[ImageSet, Split, str]:
+def _inputs(cfg: RunConfig) -> tuple[ImageSet, Split, str]:
     """The run's images, split and config hash. Checks that a stage-2 method has unlabeled
     images and that the labeled training images fill a stage-1 batch (the label budget)."""
     images = load_images(cfg)
@@ -369,7 +353,7 @@ def _train(
     }
 
 
-def _identity(
+def _provenance(
     cfg: RunConfig,
     chash: str,
     name: str,
@@ -378,6 +362,8 @@ def _identity(
     parent: RunOutcome | None,
     device: torch.device,
 ) -> dict[str, Any]:
+    """The record's provenance: which run this is (name, config and its hash, parent), on
+    what data and split, with which versions, commit and device, and when."""
     import timm
 
     return {

@@ -33,7 +33,7 @@ from rich.progress import (
 from bmdbench.config import StageConfig
 from bmdbench.data.augment import BatchAugment
 from bmdbench.data.module import Batch, DataModule
-from bmdbench.errors import ConfigError
+from bmdbench.errors import ConfigError, Diverged
 from bmdbench.methods.base import FitContext, Method, Regressor
 from bmdbench.metrics import regression_metrics
 
@@ -68,21 +68,8 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-class Diverged(Exception):
-    """The loss became NaN or infinite."""
-
-    def __init__(self, epoch: int, losses: dict[str, float]) -> None:
-        super().__init__(f"loss is not finite at epoch {epoch}: {losses}")
-        self.epoch = epoch
-        self.losses = losses
-
-
-class Stopped(Exception):
-    """Raised by an ``on_epoch`` callback to end a run early (a pruned search trial)."""
-
-
 EpochCallback = Callable[[int, dict[str, float]], None]
-# ^ called after every epoch with (epoch, validation metrics); may raise Stopped
+# ^ called after every epoch with (epoch, validation metrics); may raise Pruned
 
 
 @dataclass
@@ -181,7 +168,7 @@ class Trainer:
 
         ``select_initial``: the weights before the first epoch (stage-1 weights of a
         fine-tuning stage) are a candidate for selection too (epoch 0).
-        ``on_epoch``: told each epoch's validation metrics; raising :class:`Stopped` ends the run.
+        ``on_epoch``: told each epoch's validation metrics; raising :class:`~bmdbench.errors.Pruned` ends the run.
         """
         method = self.prepare(method)
         ctx = self.context(method, data, stage, augment)

@@ -23,11 +23,10 @@ from rich.table import Table
 from bmdbench import store
 from bmdbench.config import RunConfig, resolve, stable_hash
 from bmdbench.dispatch import open_storage, quiet_libraries
-from bmdbench.errors import ConfigError
+from bmdbench.errors import ConfigError, Pruned, RunFailed
 from bmdbench.methods import METHODS
 from bmdbench.methods.base import Range
-from bmdbench.runner import RunFailed, execute
-from bmdbench.trainer import Stopped
+from bmdbench.runner import execute
 
 KINDS = ("margin", "lambda", "consistency", "lr", "ema", "all")
 DEFAULT_METHOD = {
@@ -141,7 +140,7 @@ def run_search(
         def report(epoch: int, val: dict[str, float]) -> None:
             trial.report(val["pearson_r"], epoch)
             if trial.should_prune():
-                raise Stopped(f"pruned at epoch {epoch} (validation R {val['pearson_r']:.4f})")
+                raise Pruned(f"pruned at epoch {epoch} (validation R {val['pearson_r']:.4f})")
 
         try:
             outcome = execute(

@@ -31,7 +31,7 @@ class PseudoLabelParams:
     margin: float = field(default=0.5, metadata=at_least(0))  # m, the ATL margin
 
 
-class _PseudoLabels(Method):
+class PseudoLabelTraining(Method):
     """Fine-tuning on labeled ∪ pseudo-labeled images; pseudo labels live in ``self.pseudo``."""
 
     stage = 2
@@ -75,7 +75,9 @@ class _PseudoLabels(Method):
         return self.pseudo
 
 
-class _PseudoLabel(_PseudoLabels):
+class PseudoLabelsOnce(PseudoLabelTraining):
+    """Pseudo labels predicted once, by the stage-1 model, before the first epoch."""
+
     Params = PseudoLabelParams
 
     def on_stage_start(self, ctx: FitContext) -> None:
@@ -90,7 +92,7 @@ class _PseudoLabel(_PseudoLabels):
 
 
 @METHODS.register("pseudo_label")
-class PseudoLabel(_PseudoLabel):
+class PseudoLabel(PseudoLabelsOnce):
     """Pseudo labels predicted once by the stage-1 model; MSE on labeled ∪ pseudo-labeled (SSL)."""
 
 
@@ -101,7 +103,7 @@ class PseudoLabelATLParams(PseudoLabelParams):
 
 
 @METHODS.register("pseudo_label_atl")
-class PseudoLabelATL(_PseudoLabel):
+class PseudoLabelATL(PseudoLabelsOnce):
     """Pseudo labels predicted once by the ATL model; MSE + λ·ATL on both (SSL + ATL)."""
 
     Params = PseudoLabelATLParams
@@ -120,7 +122,7 @@ class SelfTrainingParams:
 
 
 @METHODS.register("proposed")
-class SelfTraining(_PseudoLabels):
+class SelfTraining(PseudoLabelTraining):
     """The paper's self-training: pseudo labels refreshed when val R rises and MSE falls (Alg. 1)."""
 
     Params = SelfTrainingParams

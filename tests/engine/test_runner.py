@@ -11,9 +11,10 @@ import torch
 from bmdbench import runner
 from bmdbench.backbones import backbone_names
 from bmdbench.config import resolve
+from bmdbench.errors import RunFailed
 from bmdbench.methods.supervised import Baseline
 from bmdbench.metrics import METRIC_KEYS
-from bmdbench.runner import RunFailed, execute
+from bmdbench.runner import execute
 
 SMALL = {"split.val": "8", "split.test": "8", "stage1.epochs": "3", "stage2.epochs": "2"}
 
@@ -78,7 +79,7 @@ def test_stage2_reuses_its_stage1_run(tmp_path):
 def test_compile_says_how_a_run_executes_not_what_it_is():
     """Like the device, compilation is left out of the config hash: a compiled stage-2 run
     reuses an eager stage-1 run."""
-    assert runner._identify(run())[2] == runner._identify(run(compile="true"))[2]
+    assert runner._inputs(run())[2] == runner._inputs(run(compile="true"))[2]
 
 
 def test_diverged_run_is_recorded(tmp_path, monkeypatch):

@@ -6,9 +6,8 @@ import pytest
 
 from bmdbench import runner, store
 from bmdbench.config import resolve
-from bmdbench.errors import ConfigError
-from bmdbench.runner import RunFailed, execute
-from bmdbench.trainer import Stopped
+from bmdbench.errors import ConfigError, Pruned, RunFailed
+from bmdbench.runner import execute
 from bmdbench.tune import LR, Search, open_study, plot_study, run_search, search_space, trials_frame
 
 SMALL = (("split.val", "8"), ("split.test", "8"), ("stage1.epochs", "3"))
@@ -68,7 +67,7 @@ def test_a_stopped_run_is_recorded_as_pruned(tmp_path):
     def stop_after_two(epoch, val):
         seen.append((epoch, val["pearson_r"]))
         if epoch == 2:
-            raise Stopped("pruned at epoch 2")
+            raise Pruned("pruned at epoch 2")
 
     with pytest.raises(RunFailed) as failed:
         execute(cfg, tmp_path, show_progress=False, on_epoch=stop_after_two)

@@ -1,0 +1,43 @@
+"""The CLI answers ``--help`` without importing torch, timm or torchvision (issue: an
+instant CLI). Checked in a fresh interpreter, where nothing else has imported them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("torch", "timm", "torchvision")
+
+PROBE = """
+import json, sys
+sys.argv = ["bmdbench", *json.loads(sys.argv[1])]
+from bmdbench import cli
+try:
+    cli.main()
+except SystemExit:
+    pass
+print(json.dumps([m for m in {heavy!r} if m in sys.modules]))
+"""
+
+
+def heavy_imports(*argv: str) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE.format(heavy=HEAVY), json.dumps(argv)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("argv", [("--help",), ("run", "--help"), ("list", "presets")])
+def test_answers_without_torch(argv: tuple[str, ...]) -> None:
+    assert heavy_imports(*argv) == []
+
+
+def test_the_probe_sees_an_import_of_torch() -> None:
+    # the same probe on a command that trains must report torch, or the test above proves nothing
+    assert "torch" in heavy_imports("list", "methods")
