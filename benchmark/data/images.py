@@ -60,27 +60,17 @@ def is_dicom(name: str | Path, data: bytes) -> bool:
     return Path(name).suffix.lower() == ".dcm" or data[128:132] == b"DICM"
 
 
-def decode(path: str | Path, roi: Roi | None, size: int) -> np.ndarray:
-    """Read ``path`` and return its ROI resized to ``(size, size)``.
+def decode_bytes(data: bytes, name: str, roi: Roi | None, size: int) -> np.ndarray:
+    """Decode a file's bytes (``name``: its path) and return its ROI resized to ``(size, size)``.
 
     Returns ``uint8`` for 8-bit sources and ``uint16`` (min–max stretched, see
     the module docstring) for sources with more than 8 bits. ``roi`` is
     ``(x0, y0, x1, y1)`` in pixels of the original image (fractional values are
     widened to whole pixels); ``None`` keeps the whole image. Resizing is
     bilinear with antialiasing (Pillow on float32) and ignores the aspect
-    ratio. An unreadable file, or a ROI outside the image, raises
+    ratio. An undecodable file, or a ROI outside the image, raises
     :class:`DataError`.
     """
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise DataError(f"cannot read image {path}: {err.strerror}", _READ_FIX) from err
-    return decode_bytes(data, str(path), roi, size)
-
-
-def decode_bytes(data: bytes, name: str, roi: Roi | None, size: int) -> np.ndarray:
-    """:func:`decode` for a file's bytes already in memory; ``name`` is its path."""
     pixels = load_pixels(data, name)
     if pixels.dtype != np.uint8:
         pixels = stretch(pixels)
