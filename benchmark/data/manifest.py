@@ -20,7 +20,7 @@ Optional columns:
 Other columns (``sex``, ...) are ignored. Every problem is a :class:`DataError`
 naming the file and its line (the header is line 1), raised at the first one
 found, before anything is decoded or cached. Images not in the manifest's
-``image`` column may come from a second source (:func:`load_unlabeled`): a
+``image`` column may come from a second source (``unlabeled`` of :func:`load_manifest`): a
 folder of images or a CSV with at least an ``image`` column.
 """
 
@@ -83,10 +83,10 @@ def load_manifest(
     ``targets`` are NaN for rows without a target and for rows in split
     ``unlabeled``; ``truth`` is the manifest's target wherever one is given.
     ``ids`` are the ``image`` cells as written. ``unlabeled`` (a folder or a
-    CSV, see :func:`load_unlabeled`) appends more images, all unlabeled, with
+    CSV, see :func:`_unlabeled_rows`) appends more images, all unlabeled, with
     given split ``unlabeled``; an image in both sources is an error.
     ``require_unlabeled`` makes a set without any unlabeled image an error.
-    Images are ``(image_size, image_size)``, see :func:`bmdbench.data.images.decode`.
+    Images are ``(image_size, image_size)``, see :func:`bmdbench.data.images.decode_bytes`.
     The fingerprint hashes each image's content digest, target, patient,
     split and ROI, in order.
     """
@@ -106,22 +106,6 @@ def load_manifest(
             "(config key `unlabeled`)",
         )
     return _image_set(rows, targets, truth, image_size, cache_dir, str(path))
-
-
-def load_unlabeled(source: str | Path, image_size: int, cache_dir: Path | None = None) -> ImageSet:
-    """Unlabeled images from a folder or a CSV; every target and truth is NaN.
-
-    A folder contributes every ``.png``, ``.jpg``, ``.jpeg``, ``.tif``,
-    ``.tiff`` and ``.dcm`` file below it (recursively, sorted by path, hidden
-    files skipped); its id is the path relative to the folder and its patient
-    id the file stem. A CSV needs an ``image`` column; ``patient_id`` (default:
-    the file stem) and the ROI columns are read as in a manifest; ``target``
-    and ``split`` are ignored.
-    """
-    source = Path(source)
-    rows = _unlabeled_rows(source)
-    nan = np.full(len(rows), np.nan)
-    return _image_set(rows, nan, nan, image_size, cache_dir, str(source))
 
 
 def _image_set(
@@ -165,7 +149,15 @@ def _rois(rows: pd.DataFrame) -> list[Roi | None]:
 
 
 def _unlabeled_rows(source: Path) -> pd.DataFrame:
-    """Rows of a folder or CSV of unlabeled images, split ``unlabeled``, target NaN."""
+    """Rows of a folder or CSV of unlabeled images, split ``unlabeled``, target NaN.
+
+    A folder contributes every ``.png``, ``.jpg``, ``.jpeg``, ``.tif``,
+    ``.tiff`` and ``.dcm`` file below it (recursively, sorted by path, hidden
+    files skipped); its id is the path relative to the folder and its patient
+    id the file stem. A CSV needs an ``image`` column; ``patient_id`` (default:
+    the file stem) and the ROI columns are read as in a manifest; ``target``
+    and ``split`` are ignored.
+    """
     if source.is_dir():
         rows = _folder_rows(source)
     elif source.is_file():

@@ -13,7 +13,7 @@ from PIL import Image
 from rich.table import Table
 
 from bmdbench.data.check import check_manifest, render_summary, sparkline
-from bmdbench.data.manifest import load_manifest, load_unlabeled, read_manifest
+from bmdbench.data.manifest import load_manifest, read_manifest
 from bmdbench.errors import DataError
 
 SIZE = 4
@@ -126,12 +126,15 @@ def test_unlabeled_folder_is_appended(tmp_path: Path) -> None:
     assert np.isnan(images.targets[1:]).all() and np.isnan(images.truth[1:]).all()
 
 
-def test_load_unlabeled_from_csv(tmp_path: Path) -> None:
-    path = manifest(tmp_path, "image,target,split", "a.png,3,train", "b.png,,")
-    images = load_unlabeled(path, SIZE)
-    assert images.patient_ids.tolist() == ["a", "b"]
-    assert images.given_split.tolist() == ["unlabeled"] * 2
-    assert np.isnan(images.targets).all() and np.isnan(images.truth).all()
+def test_unlabeled_images_from_csv(tmp_path: Path) -> None:
+    extra = manifest(tmp_path, "image,target,split", "a.png,3,train", "b.png,,")
+    labeled = extra.with_name("labeled.csv")
+    labeled.write_text("image,target,patient_id\nc.png,1,p1\n")
+    images = load_manifest(labeled, SIZE, unlabeled=extra)
+    assert images.patient_ids.tolist() == ["p1", "a", "b"]  # the CSV's ids: the file stems
+    assert images.given_split.tolist() == ["", "unlabeled", "unlabeled"]  # its split ignored
+    # its targets too: neither a target nor a truth
+    assert np.isnan(images.targets[1:]).all() and np.isnan(images.truth[1:]).all()
 
 
 def test_check_manifest_summary(tmp_path: Path) -> None:
@@ -290,7 +293,7 @@ def test_bad_unlabeled_sources(tmp_path: Path) -> None:
         load_manifest(path, SIZE, unlabeled=tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no images in folder"):
-        load_unlabeled(tmp_path / "empty", SIZE)
+        load_manifest(path, SIZE, unlabeled=tmp_path / "empty")
 
 
 def test_failed_validation_writes_no_cache(tmp_path: Path, cache_dir: Path) -> None:
