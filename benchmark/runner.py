@@ -117,8 +117,9 @@ def execute(
     ``on_epoch`` sees this run's validation metrics after every epoch and may stop it
     (status ``pruned``); ``study`` (name, trial) links a search trial's record to its study.
     Everything that can fail is checked before anything is written (as :func:`check`).
-    Raises :class:`~bmdbench.errors.RunFailed` after writing the record of a diverged, pruned or failed run,
-    and :class:`~bmdbench.errors.OutputError`, leaving nothing behind, when a write fails.
+    Raises :class:`~bmdbench.errors.RunFailed` after writing the record of a diverged, pruned
+    or failed run, and :class:`~bmdbench.errors.OutputError`, leaving nothing behind, when a
+    write fails.
     """
     console = console or Console()
     store.check_out(out, "runs")
