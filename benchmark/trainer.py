@@ -168,7 +168,8 @@ class Trainer:
 
         ``select_initial``: the weights before the first epoch (stage-1 weights of a
         fine-tuning stage) are a candidate for selection too (epoch 0).
-        ``on_epoch``: told each epoch's validation metrics; raising :class:`~bmdbench.errors.Pruned` ends the run.
+        ``on_epoch``: told each epoch's validation metrics; raising
+        :class:`~bmdbench.errors.Pruned` ends the run.
         """
         method = self.prepare(method)
         ctx = self.context(method, data, stage, augment)
