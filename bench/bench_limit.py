@@ -34,13 +34,14 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from bmdbench.config import AugmentConfig, SplitConfig, StageConfig, SynthConfig, resolve
+from bmdbench.config import AugmentConfig, SplitConfig, StageConfig, SynthConfig
 from bmdbench.data.augment import BatchAugment
 from bmdbench.data.module import DataModule
 from bmdbench.data.splits import make_split
 from bmdbench.data.synthetic import load_synthetic
 from bmdbench.methods import METHODS, Method
 from bmdbench.runner import build_method
+from bmdbench.spec import resolve
 from bmdbench.speed import Speed, measure_limit, resident_batch, step_flops
 from bmdbench.trainer import Trainer, resolve_device, seed_everything
 

@@ -21,7 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bmdbench.config import resolve
+from bmdbench import store
+from bmdbench.spec import resolve
 
 
 def timed(command: list[str]) -> tuple[float, str]:
@@ -67,7 +68,8 @@ def main() -> None:
             ]
         )
         run_dir = Path(stdout.strip().splitlines()[-1])
-        record = json.loads((run_dir / "record.json").read_text())
+        record = store.read_record(run_dir)
+        assert record is not None
         ref_seconds, ref_out = timed(
             [
                 *[
@@ -84,7 +86,7 @@ def main() -> None:
         rows.append(
             {
                 "network": network,
-                "bmdbench_test_r": round(record["metrics"]["test"]["pearson_r"], 4),
+                "bmdbench_test_r": round(record.metrics["test"]["pearson_r"], 4),
                 "reference_test_r": round(reference["test_r"], 4),
                 "bmdbench_s": round(seconds, 1),
                 "reference_s": round(ref_seconds, 1),

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -15,6 +16,9 @@ from rich.table import Table
 import bmdbench
 from bmdbench import store
 from bmdbench.errors import BmdError, RunFailed
+
+if TYPE_CHECKING:
+    from bmdbench.spec import RunSpec
 
 app = typer.Typer(
     help="Benchmark semi-supervised regression methods on radiographs (BMD from hip X-rays).",
@@ -106,15 +110,20 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Train one method on one backbone; print its metrics and the run directory."""
-    from bmdbench.config import default_preset, load_config_file, parse_set, resolve
-    from bmdbench.runner import execute
+    from bmdbench.config import default_preset, load_config_file, parse_set
+    from bmdbench.spec import RunSpec
 
     overrides = load_config_file(config) if config else {}
-    for key, value in (("split.train", n_labeled), ("split.val", n_val), ("split.test", n_test)):
+    for key, value in (
+        ("split.train", n_labeled),
+        ("split.val", n_val),
+        ("split.test", n_test),
+        ("pretrained", str(pretrained) if pretrained else None),
+    ):
         if value is not None:
             overrides[key] = value
     overrides.update(parse_set(set_ or []))
-    cfg = resolve(
+    spec = RunSpec.of(
         method,
         backbone,
         preset or default_preset(),
@@ -123,9 +132,11 @@ def run(
         unlabeled=unlabeled,
         seed=seed,
         device=device,
-        pretrained=str(pretrained) if pretrained else None,
     )
-    outcome = execute(cfg, out, out_console, show_progress=not quiet)
+    spec.check_inputs()  # settings, manifest and split: before torch is imported
+    from bmdbench.runner import execute
+
+    outcome = execute(spec.config, out, out_console, show_progress=not quiet)
     print(outcome.run_dir)
 
 
@@ -142,46 +153,12 @@ def _names(text: str | None) -> list[str]:
     return [n.strip() for n in (text or "").split(",") if n.strip()]
 
 
-def _grid_cells(
-    table: str | None,
-    methods: str | None,
-    backbones: str | None,
-    seeds: int,
-    preset: str | None,
-    data: str,
-    unlabeled: str | None,
-    device: str,
-    sets: list[str] | None,
-) -> list:
-    from bmdbench.config import default_preset, parse_set
-    from bmdbench.errors import ConfigError
-    from bmdbench.grid import Cell, custom_cells, table_cells
-    from bmdbench.paper_tables import select
+def _base(preset: str | None, data: str, unlabeled: str | None, device: str) -> RunSpec:
+    """The spec a grid's or a table's cells start from (method and backbone set per cell)."""
+    from bmdbench.config import default_preset
+    from bmdbench.spec import RunSpec
 
-    if seeds < 1:
-        raise ConfigError(f"--seeds {seeds} is not a positive count", "give --seeds 1 or more")
-    base = Cell("", "", 0, preset or default_preset(), data, unlabeled, device)
-    overrides = parse_set(sets or [])
-    if table is not None:
-        if methods:
-            raise ConfigError(
-                "a paper table and --methods were both given",
-                "give either TABLE (table1..table4, all) or --methods/--backbones",
-            )
-        chosen = _names(backbones)
-        if len(chosen) > 1:
-            raise ConfigError(
-                "a paper table takes at most one --backbones name",
-                "give one backbone to replace vgg11_bn_se in Tables 2–4",
-            )
-        return table_cells(select(table), seeds, overrides, base, chosen[0] if chosen else None)
-    if not methods or not backbones:
-        raise ConfigError(
-            "a custom grid needs --methods and --backbones",
-            "e.g. bmdbench grid --methods baseline,atl --backbones vgg11_bn --seeds 3, "
-            "or name a paper table: bmdbench grid table2",
-        )
-    return custom_cells(_names(methods), _names(backbones), seeds, overrides, base)
+    return RunSpec("", "", preset or default_preset(), data, unlabeled, 0, device)
 
 
 @app.command()
@@ -216,16 +193,19 @@ def grid(
     ] = False,
 ) -> None:
     """Run the cells of a paper table (or a custom grid); resumes where it stopped."""
+    from bmdbench.config import parse_set
     from bmdbench.dispatch import default_storage, open_storage
     from bmdbench.errors import ConfigError
-    from bmdbench.grid import make_plan, print_plan, run_grid
+    from bmdbench.grid import cells_for, make_plan, print_plan, run_grid
 
     if workers < 1:
         raise ConfigError(
             f"--workers {workers} is not a positive count", "give --workers 1 or more"
         )
     store.check_out(out, "runs", "grids")
-    cells = _grid_cells(table, methods, backbones, seeds, preset, data, unlabeled, device, set_)
+    base = _base(preset, data, unlabeled, device)
+    sets = parse_set(set_ or [])
+    cells = cells_for(table, _names(methods), _names(backbones), seeds, sets, base)
     plan = make_plan(cells, out)  # every cell checked as `bmdbench run` would
     url = storage or default_storage(out)
     open_storage(url)  # a bad URL or a missing driver: before the plan is shown
@@ -279,35 +259,22 @@ def table(
 ) -> None:
     """Print a paper table (or a study's trials: tune --study NAME) from the runs under OUT
     and write OUT/tables/<table>.<ext>."""
-    from bmdbench.config import to_dict
-    from bmdbench.errors import ConfigError
-    from bmdbench.paper_tables import select
-    from bmdbench.results import load_runs, signature
-    from bmdbench.tables import FORMATS, build, display_frame, write
+    from bmdbench.config import parse_set
+    from bmdbench.tables import FORMATS, publish
 
     formats = FORMATS if fmt is None else (fmt,)
-    if fmt is not None and fmt not in FORMATS:
-        raise ConfigError(f"unknown format {fmt!r}", f"use one of: {', '.join(FORMATS)}")
     store.check_out(out, "tables")
     if name == "tune":
-        _table_tune(study, storage, out, formats)
-        return
-    runs = load_runs(out)
-    for paper_table in select(name):
-        cells = _grid_cells(
-            paper_table.name, None, backbones, 1, preset, data, unlabeled, "auto", set_
+        from bmdbench.tune import export_study
+
+        paths = export_study(study, storage, out, formats, out_console)
+    else:
+        base = _base(preset, data, unlabeled, "auto")
+        paths = publish(
+            name, out, base, _names(backbones), parse_set(set_ or []), formats, out_console
         )
-        data_ = build(paper_table, runs, [signature(to_dict(c.config())) for c in cells])
-        frame = display_frame(data_, "rich")
-        rich_table = Table(title=paper_table.title, caption=data_.footer)
-        rich_table.add_column(str(frame.index.name or ""))
-        for column in frame.columns:
-            rich_table.add_column(" ".join(column) if isinstance(column, tuple) else str(column))
-        for label, row in frame.iterrows():
-            rich_table.add_row(str(label), *(str(v) for v in row))
-        out_console.print(rich_table)
-        for f in formats:
-            print(write(data_, f, out / "tables"))
+    for path in paths:
+        print(path)
 
 
 @app.command()
@@ -353,33 +320,31 @@ def tune(
     ] = 3,
 ) -> None:
     """Search hyperparameters with Optuna (objective: validation R); re-running continues."""
-    from bmdbench.config import default_preset, parse_set
+    from bmdbench.config import parse_set
     from bmdbench.dispatch import default_storage
     from bmdbench.errors import ConfigError
     from bmdbench.runner import check
-    from bmdbench.tables import markdown_table
     from bmdbench.tune import (
         DEFAULT_METHOD,
         Search,
-        compare_tuned,
-        equal_budget_best,
         open_study,
         run_search,
         search_space,
         summarise,
+        write_trials,
     )
+    from bmdbench.tune import equal_budget as tune_equal_budget
 
     sets = tuple(sorted(parse_set(set_ or []).items()))
     if timeout is not None and not timeout > 0:
         raise ConfigError(f"--timeout {timeout} is not a positive time", "give seconds > 0")
     store.check_out(out, "runs", "studies", "tables")
+    base = replace(_base(preset, data, unlabeled, device), backbone=backbone, seed=seed)
 
     def search_for(name: str) -> Search:
-        search = Search(
-            kind, name, backbone, preset or default_preset(), data, unlabeled, seed, device, sets
-        )
+        search = Search(kind, replace(base, method=name, settings=sets))
         search_space(search.method, search.kind)  # an impossible search fails before any work,
-        check(search.config(), out)  # and so does a run it could not start
+        check(search.spec.config, out)  # and so does a run it could not start
         return search
 
     if equal_budget is not None:
@@ -392,21 +357,7 @@ def tune(
             raise ConfigError(f"--seeds {seeds} is not a positive count", "give --seeds 1 or more")
         searches = [search_for(m) for m in _names(methods)]
         url = storage or default_storage(out)
-        best = equal_budget_best(searches, equal_budget, url, out, out_console)
-        frame = compare_tuned(best, searches[0], seeds, url, out, out_console)
-        title = (
-            f"Tuned with {equal_budget} trials each ({kind}), compared on test over {seeds} seeds"
-        )
-        text = markdown_table(
-            frame,
-            title,
-            f"Measured with bmdbench tune {kind} --equal-budget {equal_budget}.",
-            verbatim=True,
-        )
-        out_console.print(text)
-        path = out / "tables" / f"equal-budget-{kind}-{'-'.join(best)}.md"
-        store.write_text(path, text)
-        print(path)
+        print(tune_equal_budget(kind, searches, equal_budget, seeds, url, out, out_console))
         return
     if methods:
         raise ConfigError("--methods goes with --equal-budget", "use --method NAME for one search")
@@ -423,50 +374,8 @@ def tune(
     )
     run_search(search, opened, n_trials, timeout, out, out_console)
     summarise(opened, out, out_console)
-    for fmt in ("md", "latex", "csv"):
-        print(_write_trials(opened, fmt, out))
-
-
-def _write_trials(study: object, fmt: str, out: Path) -> Path:
-    from bmdbench.tables import EXTENSIONS, csv_table, latex_table, markdown_table
-    from bmdbench.tune import trials_frame
-
-    frame = trials_frame(study)  # type: ignore[arg-type]
-    name = study.study_name  # type: ignore[attr-defined]
-    title = f"Trials of study {name}"
-    footer = f"Objective: validation Pearson R. Runs in {out / 'runs'}."
-    text = {
-        "md": lambda: markdown_table(frame, title, footer),
-        "latex": lambda: latex_table(frame.astype(str), title, footer, name),
-        "csv": lambda: csv_table(frame.reset_index(), footer),
-    }[fmt]()
-    path = out / "tables" / f"{name}.{EXTENSIONS[fmt]}"
-    store.write_text(path, text)
-    return path
-
-
-def _table_tune(
-    study: str | None, storage: str | None, out: Path, formats: tuple[str, ...]
-) -> None:
-    import optuna
-
-    from bmdbench.dispatch import DB_NAME, default_storage, open_storage
-    from bmdbench.errors import ConfigError
-    from bmdbench.tune import summarise
-
-    if storage is None and not (out / DB_NAME).exists():
-        raise ConfigError(f"no studies under {out}", "give the --out of the tune run, or --storage")
-    url = storage or default_storage(out)
-    names = optuna.get_all_study_names(open_storage(url))
-    if study not in names:
-        raise ConfigError(
-            f"no study {study!r} in {url}",
-            f"give --study one of: {', '.join(n for n in names if n.startswith('tune-')) or '(none yet)'}",
-        )
-    loaded = optuna.load_study(study_name=study, storage=open_storage(url))
-    summarise(loaded, out, out_console)
-    for fmt in formats:
-        print(_write_trials(loaded, fmt, out))
+    for path in write_trials(opened, ("md", "latex", "csv"), out):
+        print(path)
 
 
 @app.command()
@@ -568,10 +477,17 @@ def data_synth(
     set_: Sets = None,
 ) -> None:
     """Write the embedded synthetic dataset as PNGs plus a manifest."""
-    from bmdbench.config import default_preset, parse_set, resolve
+    from bmdbench.config import default_preset, parse_set, run_settings
     from bmdbench.data.synthetic import write_synthetic
+    from bmdbench.errors import ConfigError
 
-    cfg = resolve("baseline", "tiny", preset or default_preset(), parse_set(set_ or []))
+    sets = parse_set(set_ or [])
+    cfg, left = run_settings("baseline", "tiny", preset or default_preset(), sets)
+    if method_keys := [k for k in sets if k in left]:
+        raise ConfigError(
+            f"data synth takes run-wide settings, not {method_keys[0]!r}",
+            "set synth.* or image_size, e.g. --set synth.n_labeled=200",
+        )
     store.check_out(out)
     manifest = write_synthetic(cfg.synth, cfg.image_size, out)
     print(manifest)

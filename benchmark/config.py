@@ -8,12 +8,14 @@ or a value of the wrong type is a :class:`~bmdbench.errors.ConfigError` that
 lists the valid keys.
 
 Every setting declares the values it accepts next to its field
-(``field(default=..., metadata=above(0))``, see :class:`Valid`); :func:`resolve`
-checks them all, and the rules between settings, in one pass (:func:`validate`).
+(``field(default=..., metadata=above(0))``, see :class:`Valid`). This is the bottom
+layer: it knows no method. :func:`run_settings` applies and checks the run-wide part;
+:func:`bmdbench.spec.resolve` adds the method's hyperparameters and its rules.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import hashlib
 import json
@@ -267,56 +269,45 @@ PRESET_HELP = {
 
 
 def default_preset() -> str:
-    """``paper`` where CUDA is available, ``quick`` elsewhere."""
-    import torch
+    """``paper`` where a CUDA GPU is available, ``quick`` elsewhere.
 
-    return "paper" if torch.cuda.is_available() else "quick"
+    Asked of the CUDA driver itself (``cuInit``, ``cuDeviceGetCount``), so that the CLI
+    can resolve and check a run before it imports torch; torch then finds the same GPUs.
+    """
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return "quick"
+    count = ctypes.c_int(0)
+    ok = driver.cuInit(0) == 0 and driver.cuDeviceGetCount(ctypes.byref(count)) == 0
+    return "paper" if ok and count.value > 0 else "quick"
 
 
-def resolve(
+def run_settings(
     method: str,
     backbone: str,
     preset: str,
     overrides: Mapping[str, Any] | None = None,
     **top: Any,
-) -> RunConfig:
-    """Build the config of one run: defaults < preset < ``overrides`` (file, then ``--set``),
-    then check it (:func:`validate`).
+) -> tuple[RunConfig, dict[str, Any]]:
+    """The first half of resolving a run (:func:`bmdbench.spec.resolve`), without the method
+    registry: the preset, then ``overrides`` (file, then ``--set``) on the run-wide
+    settings, every range and rule between them checked.
 
+    Returns that config (its ``hparams`` and ``parent`` not yet set) and the overrides left
+    for the methods (keys that do not start with a run-wide setting: ``atl.margin``).
     ``top`` sets top-level fields given by their own CLI options (data, seed, device, ...).
-    ``overrides`` maps dotted keys to values (strings are parsed to the field's type).
     """
-    from bmdbench.methods import METHODS
-
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}", f"use one of: {', '.join(PRESETS)}")
     # a preset may set methods' hyperparameters too ("mean_teacher.ema_decay")
     overrides = {**flatten(PRESETS[preset]), **dict(overrides or {})}
-    method_keys = {k: v for k, v in overrides.items() if k.split(".", 1)[0] in METHODS}
-    run_keys = {k: v for k, v in overrides.items() if k not in method_keys}
-    cfg = RunConfig()
-    cfg = replace(cfg, preset=preset, method=method, backbone=backbone, **top)
-    cfg = _apply(cfg, run_keys)
-    cfg = _with_method(cfg, method, method_keys)
-    validate(cfg)
-    return cfg
-
-
-OPTIONS = {"split.train": "--n-labeled", "split.val": "--n-val", "split.test": "--n-test"}
-"""Settings that have a command-line option of their own, named in errors beside the key."""
-
-
-def validate(cfg: RunConfig, child: str | None = None) -> None:
-    """Check every declared range (:class:`Valid`) and every rule between settings of a
-    resolved config, its method's hyperparameters and its stage-1 parent's.
-
-    The first problem found is a :class:`ConfigError` naming the key, the value and what
-    is valid. ``child``: the stage-2 method whose stage-1 parent ``cfg`` is."""
-    from bmdbench.methods import METHODS
-
-    _check_fields(cfg, "")
-    if cfg.hparams is not None:
-        _check_fields(cfg.hparams, f"{cfg.method}.")
+    run_wide = {k.split(".", 1)[0] for k in valid_keys(RunConfig())}
+    run_keys = {k: v for k, v in overrides.items() if k.split(".", 1)[0] in run_wide}
+    method_keys = {k: v for k, v in overrides.items() if k not in run_keys}
+    cfg = replace(RunConfig(), preset=preset, method=method, backbone=backbone, **top)
+    cfg = apply(cfg, run_keys)
+    check_fields(cfg, "")
     if cfg.augment.scale_min > cfg.augment.scale_max:
         raise ConfigError(
             f"augment.scale_min={cfg.augment.scale_min} is above "
@@ -329,54 +320,28 @@ def validate(cfg: RunConfig, child: str | None = None) -> None:
             f"synth.n_labeled={cfg.synth.n_labeled}",
             "use at most one patient per labeled image",
         )
-    spec = METHODS.get(cfg.method)
-    lpb, batch = cfg.stage2.labeled_per_batch, cfg.stage2.batch_size
-    if spec.two_stream and lpb >= batch:
-        raise ConfigError(
-            f"stage2.labeled_per_batch={lpb} leaves no room in a batch of {batch}",
-            f"use 1 to {batch - 1}, or raise stage2.batch_size",
-        )
-    stage = f"stage{spec.stage}"
-    batch = getattr(cfg, stage).batch_size
-    needed, why = spec.min_batch_size(cfg.hparams)
-    if batch < needed:
-        raise ConfigError(
-            f"{stage}.batch_size={batch} is too small for {cfg.method}"
-            + (f" (the stage-1 method of {child})" if child else ""),
-            f"use {needed} or more: {why}",
-        )
-    if cfg.parent is not None:
-        validate(cfg.parent, cfg.method)
+    return cfg, method_keys
 
 
-def _check_fields(obj: Any, prefix: str) -> None:
+OPTIONS = {"split.train": "--n-labeled", "split.val": "--n-val", "split.test": "--n-test"}
+"""Settings that have a command-line option of their own, named in errors beside the key."""
+
+
+def check_fields(obj: Any, prefix: str) -> None:
+    """Check every declared range (:class:`Valid`) of a config dataclass and the dataclasses
+    it nests (not ``hparams`` or ``parent``); the first problem is a :class:`ConfigError`
+    naming the key (``prefix`` + field), the value and what is valid."""
     for f in fields(obj):
         value = getattr(obj, f.name)
         key = prefix + f.name
         if is_dataclass(value) and f.name not in ("hparams", "parent"):
-            _check_fields(value, f"{key}.")
+            check_fields(value, f"{key}.")
             continue
         valid: Valid | None = f.metadata.get("valid")
         if valid is None or value is None or valid.accepts(value):
             continue
         option = f" ({OPTIONS[key]})" if key in OPTIONS else ""
         raise ConfigError(f"{key}={value!r}{option} {valid.problem}", f"use {valid.wanted()}")
-
-
-def _with_method(cfg: RunConfig, method: str, method_keys: Mapping[str, Any]) -> RunConfig:
-    from bmdbench.methods import METHODS
-
-    spec = METHODS.get(method)
-    prefix = f"{method}."
-    own = {k[len(prefix) :]: v for k, v in method_keys.items() if k.startswith(prefix)}
-    for key in method_keys:  # settings of other methods (a grid's): type- and range-checked
-        name, _, rest = key.partition(".")
-        params = _apply(METHODS.get(name).Params(), {rest: method_keys[key]}, prefix=f"{name}.")
-        _check_fields(params, f"{name}.")
-    hparams = _apply(spec.Params(), own, prefix=prefix)
-    _check_fields(hparams, prefix)  # before following hparams.stage1
-    parent = _with_method(cfg, hparams.stage1, method_keys) if spec.stage == 2 else None
-    return replace(cfg, method=method, hparams=hparams, parent=parent)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
@@ -434,7 +399,7 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _apply(obj: Any, flat: Mapping[str, Any], prefix: str = "") -> Any:
+def apply(obj: Any, flat: Mapping[str, Any], prefix: str = "") -> Any:
     """Return ``obj`` with the dotted keys of ``flat`` replaced, type-checked."""
     settable = valid_keys(obj)
     for key, value in flat.items():

@@ -14,8 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,108 +23,91 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bmdbench import store
-from bmdbench.config import RunConfig, resolve, stable_hash, to_dict
+from bmdbench.config import stable_hash
 from bmdbench.dispatch import IDLE_S, CellQueue, Counts
-from bmdbench.errors import BmdError, RunFailed
-from bmdbench.methods import METHODS
-from bmdbench.paper_tables import PAPER_BACKBONE, PaperTable
-from bmdbench.results import signature
+from bmdbench.errors import BmdError, ConfigError, RunFailed
+from bmdbench.paper_tables import PAPER_BACKBONE, PaperTable, select
+from bmdbench.spec import RunSpec
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One run of a grid: everything ``bmdbench run`` would be given."""
-
-    method: str
-    backbone: str
-    seed: int
-    preset: str
-    data: str = "synthetic"
-    unlabeled: str | None = None
-    device: str = "auto"
-    sets: tuple[tuple[str, str], ...] = ()  # --set overrides, sorted
-
-    @cached_property
-    def key(self) -> str:
-        """Identity of the cell: its resolved config, preset values and method
-        hyperparameters included (a changed preset makes new cells), not its device or
-        ``compile`` (how its runs execute)."""
-        return stable_hash([signature(to_dict(self.config())), self.seed])[:16]
-
-    def config(self) -> RunConfig:
-        return resolve(
-            self.method,
-            self.backbone,
-            self.preset,
-            dict(self.sets),
-            data=self.data,
-            unlabeled=self.unlabeled,
-            seed=self.seed,
-            device=self.device,
+def cells_for(
+    table: str | None,
+    methods: Sequence[str],
+    backbones: Sequence[str],
+    seeds: int,
+    sets: dict[str, str],
+    base: RunSpec,
+) -> list[RunSpec]:
+    """The cells ``bmdbench grid`` (and ``bmdbench table``) names: a paper table's
+    (``table``: table1..table4 or all; ``backbones`` at most one, replacing the paper's in
+    Tables 2–4) or a custom grid's (every method × backbone), each over seeds 0..seeds-1."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds {seeds} is not a positive count", "give --seeds 1 or more")
+    if table is not None:
+        if methods:
+            raise ConfigError(
+                "a paper table and --methods were both given",
+                "give either TABLE (table1..table4, all) or --methods/--backbones",
+            )
+        if len(backbones) > 1:
+            raise ConfigError(
+                "a paper table takes at most one --backbones name",
+                "give one backbone to replace vgg11_bn_se in Tables 2–4",
+            )
+        return table_cells(select(table), seeds, sets, base, backbones[0] if backbones else None)
+    if not methods or not backbones:
+        raise ConfigError(
+            "a custom grid needs --methods and --backbones",
+            "e.g. bmdbench grid --methods baseline,atl --backbones vgg11_bn --seeds 3, "
+            "or name a paper table: bmdbench grid table2",
         )
-
-    def parent(self) -> Cell | None:
-        """The stage-1 cell a stage-2 cell fine-tunes from."""
-        cfg = self.config()
-        if cfg.parent is None:
-            return None
-        return make_cell(self, cfg.parent.method, self.backbone, self.seed, dict(self.sets))
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> Cell:
-        fields = json.loads(text)
-        return cls(**{**fields, "sets": tuple((k, v) for k, v in fields["sets"])})
-
-    def describe(self) -> str:
-        extra = " ".join(f"{k}={v}" for k, v in self.sets)
-        return f"{self.method} · {self.backbone} · seed {self.seed}" + (
-            f" · {extra}" if extra else ""
-        )
-
-
-def make_cell(base: Cell, method: str, backbone: str, seed: int, sets: dict[str, str]) -> Cell:
-    """A cell with the settings that concern it: run-wide ones, its method's and its
-    stage-1 parent's (so that one grid-wide --set does not split shared stage-1 cells)."""
-    own = {
-        method,
-        sets.get(f"{method}.stage1", getattr(METHODS.get(method).Params(), "stage1", method)),
-    }
-    methods = set(METHODS)
-    kept = {k: v for k, v in sets.items() if k.split(".", 1)[0] not in methods - own}
-    return replace(
-        base, method=method, backbone=backbone, seed=seed, sets=tuple(sorted(kept.items()))
-    )
+    return custom_cells(methods, backbones, seeds, sets, base)
 
 
 def custom_cells(
-    methods: Sequence[str], backbones: Sequence[str], seeds: int, sets: dict[str, str], base: Cell
-) -> list[Cell]:
+    methods: Sequence[str],
+    backbones: Sequence[str],
+    seeds: int,
+    sets: dict[str, str],
+    base: RunSpec,
+) -> list[RunSpec]:
     """Every method × backbone × seed, with the same ``sets``."""
     return [
-        make_cell(base, m, b, s, sets) for m in methods for b in backbones for s in range(seeds)
+        base.but(method=m, backbone=b, seed=s, settings=sets)
+        for m in methods
+        for b in backbones
+        for s in range(seeds)
     ]
 
 
 def table_cells(
-    tables: Sequence[PaperTable], seeds: int, sets: dict[str, str], base: Cell, backbone: str | None
-) -> list[Cell]:
+    tables: Sequence[PaperTable],
+    seeds: int,
+    sets: dict[str, str],
+    base: RunSpec,
+    backbone: str | None,
+) -> list[RunSpec]:
     """The cells of the paper's tables; ``backbone`` replaces the paper's in Tables 2–4."""
     cells = []
     for table in tables:
         for tc in table.cells:
             for seed in range(seeds):
                 chosen = tc.backbone or backbone or PAPER_BACKBONE
-                cells.append(make_cell(base, tc.method, chosen, seed, {**sets, **dict(tc.sets)}))
+                cells.append(
+                    base.but(
+                        method=tc.method,
+                        backbone=chosen,
+                        seed=seed,
+                        settings={**sets, **dict(tc.sets)},
+                    )
+                )
     return cells
 
 
-def with_parents(cells: Sequence[Cell]) -> list[Cell]:
+def with_parents(cells: Sequence[RunSpec]) -> list[RunSpec]:
     """The cells plus their stage-1 parents, stage-1 cells first, each once, order kept."""
-    stage1: dict[str, Cell] = {}
-    stage2: dict[str, Cell] = {}
+    stage1: dict[str, RunSpec] = {}
+    stage2: dict[str, RunSpec] = {}
     for cell in cells:
         parent = cell.parent()
         if parent is None:
@@ -139,24 +121,24 @@ def with_parents(cells: Sequence[Cell]) -> list[Cell]:
 @dataclass(frozen=True)
 class Plan:
     name: str  # the study (queue) name
-    cells: list[Cell]
+    cells: list[RunSpec]
     done: set[str]  # keys of cells with a finished (ok) run record
     stage1_reused: int  # stage-2 cells whose stage-1 checkpoint already exists
     estimate_s: float | None  # time for the remaining cells, from earlier runs; None: unknown
 
 
-def make_plan(cells: Sequence[Cell], out: Path) -> Plan:
+def make_plan(cells: Sequence[RunSpec], out: Path) -> Plan:
     """Resolve and check every cell as a run would (:func:`bmdbench.runner.check`: bad input
     fails here, before anything is queued or written) and see what exists."""
     from bmdbench.runner import check
 
     cells = with_parents(cells)
-    dirs = {cell.key: check(cell.config(), out) for cell in cells}
+    dirs = {cell.key: check(cell.config, out) for cell in cells}
     done = {key for key, d in dirs.items() if _ok(d)}
     parents = {p.key for c in cells if (p := c.parent()) is not None}
     seconds = _typical_seconds(out)
     remaining = [c for c in cells if c.key not in done]
-    guesses = [seconds.get((c.preset, _stage(c), c.backbone)) for c in remaining]
+    guesses = [seconds.get((c.preset, c.stage, c.backbone)) for c in remaining]
     estimate = None if any(g is None for g in guesses) else float(sum(g or 0 for g in guesses))
     # a grid is its cells written to one output root (workers on several machines share it)
     name = "grid-" + stable_hash([str(out.resolve()), sorted(c.key for c in cells)])[:16]
@@ -165,26 +147,22 @@ def make_plan(cells: Sequence[Cell], out: Path) -> Plan:
 
 def _ok(run_dir: Path) -> bool:
     record = store.read_record(run_dir)
-    return record is not None and record["status"] == "ok"
-
-
-def _stage(cell: Cell) -> int:
-    return METHODS.get(cell.method).stage
+    return record is not None and record.ok
 
 
 def _typical_seconds(out: Path) -> dict[tuple[str, int, str], float]:
     """Median run time of earlier ok runs under ``out`` by (preset, stage, backbone)."""
     times: dict[tuple[str, int, str], list[float]] = {}
     for record in store.iter_records(out):
-        if record["status"] == "ok" and record["method"] in METHODS:
-            key = (record["preset"], METHODS.get(record["method"]).stage, record["backbone"])
-            times.setdefault(key, []).append(record["timings"]["total_s"])
+        if record.ok:
+            key = (record.preset, record.stage, record.backbone)
+            times.setdefault(key, []).append(record.timings["total_s"])
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def print_plan(console: Console, plan: Plan) -> None:
     n = len(plan.cells)
-    stage2 = sum(1 for c in plan.cells if _stage(c) == 2)
+    stage2 = sum(1 for c in plan.cells if c.stage == 2)
     console.print(
         f"grid [bold]{plan.name}[/]: {n} cells ({n - stage2} stage-1, {stage2} stage-2), "
         f"{len(plan.done)} already done, {plan.stage1_reused} stage-1 checkpoints reused"
@@ -197,7 +175,7 @@ def print_plan(console: Console, plan: Plan) -> None:
         )
 
 
-def cell_attrs(cell: Cell) -> dict[str, Any]:
+def cell_attrs(cell: RunSpec) -> dict[str, Any]:
     parent = cell.parent()
     return {
         "key": cell.key,
@@ -207,17 +185,17 @@ def cell_attrs(cell: Cell) -> dict[str, Any]:
     }
 
 
-def run_cell(cell: Cell, out: Path) -> tuple[str, str | None, str | None, float | None, bool]:
+def run_cell(cell: RunSpec, out: Path) -> tuple[str, str | None, str | None, float | None, bool]:
     """Run one cell (reusing a finished run): (status, run name, error, val R, reused)."""
     from bmdbench.runner import execute
 
     try:
-        outcome = execute(cell.config(), out, Console(quiet=True), show_progress=False, reuse=True)
+        outcome = execute(cell.config, out, Console(quiet=True), show_progress=False, reuse=True)
     except RunFailed as exc:
         return exc.status, exc.run_dir.name, str(exc), None, False
     except BmdError as exc:
         return "failed", None, str(exc), None, False
-    val_r = outcome.record["metrics"]["val"]["pearson_r"]
+    val_r = outcome.record.metrics["val"]["pearson_r"]
     return "ok", outcome.run_dir.name, None, val_r, outcome.reused
 
 
@@ -233,7 +211,7 @@ def work(queue: CellQueue, out: Path, events: Path, on_change: Callable[[Counts]
                 return
             time.sleep(IDLE_S)
             continue
-        cell = Cell.from_json(trial.user_attrs["cell"])
+        cell = RunSpec.from_json(trial.user_attrs["cell"])
         _event(events, "start", cell, trial.number)
         if queue.parent_failed(trial):
             result: tuple[str, str | None, str | None, float | None, bool] = (
@@ -254,7 +232,7 @@ def work(queue: CellQueue, out: Path, events: Path, on_change: Callable[[Counts]
         on_change(queue.counts())
 
 
-def _event(events: Path, kind: str, cell: Cell, trial: int, **extra: Any) -> None:
+def _event(events: Path, kind: str, cell: RunSpec, trial: int, **extra: Any) -> None:
     """Append one line to the grid's event log (one write per line: safe across workers)."""
     line = {
         "event": kind,

@@ -16,6 +16,7 @@ import pandas as pd
 from bmdbench import store
 from bmdbench.errors import DataError
 from bmdbench.metrics import regression_metrics
+from bmdbench.record import RunRecord
 
 
 def plot_run(run_dir: Path, out: Path) -> list[Path]:
@@ -26,10 +27,8 @@ def plot_run(run_dir: Path, out: Path) -> list[Path]:
     is written; a write that fails removes the figures written so far (:class:`OutputError`).
     """
     record, test, epochs = _read_run(run_dir)
-    unit = record["data"]["unit"]
-    title = (
-        f"{record['method']} · {record['backbone']} · {record['preset']} · seed {record['seed']}"
-    )
+    unit = record.data.unit
+    title = f"{record.method} · {record.backbone} · {record.preset} · seed {record.seed}"
     written: list[Path] = []
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -55,10 +54,10 @@ def plot_run(run_dir: Path, out: Path) -> list[Path]:
     return written
 
 
-def _read_run(run_dir: Path) -> tuple[dict, pd.DataFrame, list[dict]]:
+def _read_run(run_dir: Path) -> tuple[RunRecord, pd.DataFrame, list[dict]]:
     """The record, test predictions and epoch log of a finished run, checked for plotting."""
     record = store.read_record(run_dir)
-    if record is None or record["status"] != "ok":
+    if record is None or not record.ok:
         raise DataError(
             f"{run_dir} is not a finished run (no record.json with status ok)",
             "give the directory of a finished run, as printed by bmdbench run",

@@ -43,6 +43,7 @@ from scipy import stats
 from bmdbench import store
 from bmdbench.config import stable_hash
 from bmdbench.errors import DataError
+from bmdbench.identity import signature
 from bmdbench.metrics import METRIC_KEYS
 
 N_RESAMPLES = 2000  # B, resamples of the hierarchical bootstrap
@@ -55,24 +56,13 @@ EXACT_SIGN_FLIP = 16  # up to 2**16 sign patterns are enumerated; beyond, 2**16 
 _CHUNK = 256  # resamples evaluated at once (bounds memory: chunk × seeds × images)
 
 Metric = Callable[[np.ndarray, np.ndarray], np.ndarray]
-_NOT_THE_CELL = ("seed", "device", "compile")  # config keys that runs of one cell may differ in
-
-
-def signature(config: dict[str, Any]) -> str:
-    """What the runs of one cell share: the resolved config without seed, device and
-    compile (how a run executes is not what it is; records from before ``compile`` existed
-    lack the key)."""
-    stripped = {k: v for k, v in config.items() if k not in _NOT_THE_CELL}
-    if stripped.get("parent") is not None:
-        stripped["parent"] = {k: v for k, v in stripped["parent"].items() if k not in _NOT_THE_CELL}
-    return stable_hash(stripped)[:16]
 
 
 def load_runs(out: str | Path) -> pd.DataFrame:
     """One row per complete run under ``out/runs``: identity, config, metrics, status, timings.
 
     Columns: name, run_dir, method, backbone, preset, seed, status, error,
-    config_hash, cell (see :func:`signature`), data_source, data_fingerprint,
+    config_hash, cell (:func:`bmdbench.identity.signature`), data_source, data_fingerprint,
     split_fingerprint, split_redraw, target_norm, target_mean, target_sd (of the
     labeled training targets; NaN in records older than these fields), parent_run,
     selected_epoch, device, git_sha, created, ``hp.<field>`` for the method's
@@ -83,38 +73,37 @@ def load_runs(out: str | Path) -> pd.DataFrame:
     out = Path(out)
     rows = []
     for record in store.iter_records(out):
-        config, data = record["config"], record["data"]
+        config, data = record.config, record.data
         row: dict[str, Any] = {
-            "name": record["name"],
-            "run_dir": str(store.runs_dir(out) / record["name"]),
-            "method": record["method"],
-            "backbone": record["backbone"],
-            "preset": record["preset"],
-            "seed": record["seed"],
-            "status": record["status"],
-            "error": record.get("error"),
-            "config_hash": record["config_hash"],
+            "name": record.name,
+            "run_dir": str(store.runs_dir(out) / record.name),
+            "method": record.method,
+            "backbone": record.backbone,
+            "preset": record.preset,
+            "seed": record.seed,
+            "status": record.status,
+            "error": record.error,
+            "config_hash": record.config_hash,
             "cell": signature(config),
-            "data_source": data["source"],
-            "data_fingerprint": data["fingerprint"],
-            "split_fingerprint": data["split_fingerprint"],
+            "data_source": data.source,
+            "data_fingerprint": data.fingerprint,
+            "split_fingerprint": data.split_fingerprint,
             "split_redraw": bool(config.get("split", {}).get("redraw", False)),
             "target_norm": config.get("target_norm", "none"),
-            "target_mean": data.get("target_mean", np.nan),
-            "target_sd": data.get("target_sd", np.nan),
-            "parent_run": record.get("parent_run"),
-            "selected_epoch": record.get("selected_epoch"),
-            "device": record["device"],
-            "git_sha": record["git_sha"],
-            "created": record["created"],
+            "target_mean": data.target_mean,
+            "target_sd": data.target_sd,
+            "parent_run": record.parent_run,
+            "selected_epoch": record.selected_epoch,
+            "device": record.device,
+            "git_sha": record.git_sha,
+            "created": record.created,
         }
         row.update({f"hp.{k}": v for k, v in config["hparams"].items()})
-        metrics = record.get("metrics") or {}
         for part in ("val", "test"):
             for key in METRIC_KEYS:
-                row[f"{part}_{key}"] = (metrics.get(part) or {}).get(key, np.nan)
-        row.update(record.get("diagnostics") or {})
-        row.update(record.get("timings") or {})
+                row[f"{part}_{key}"] = record.metrics.get(part, {}).get(key, np.nan)
+        row.update(record.diagnostics)
+        row.update(record.timings)
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import platform
 import shutil
@@ -24,14 +23,17 @@ from rich.table import Table
 import bmdbench
 from bmdbench import store
 from bmdbench.backbones import build_backbone, check_backbone
-from bmdbench.config import RunConfig, stable_hash, to_dict
+from bmdbench.config import RunConfig, to_dict
+from bmdbench.data import sources
 from bmdbench.data.augment import BatchAugment
 from bmdbench.data.imageset import ImageSet
 from bmdbench.data.module import DataModule, resident_bytes
-from bmdbench.data.splits import Split, make_split
-from bmdbench.errors import BmdError, DataError, Diverged, OutputError, Pruned, RunFailed
+from bmdbench.data.splits import Split
+from bmdbench.errors import BmdError, Diverged, OutputError, Pruned, RunFailed
 from bmdbench.methods import METHODS, Method, Regressor
 from bmdbench.metrics import METRIC_KEYS
+from bmdbench.record import RecordData, RunRecord
+from bmdbench.spec import config_hash
 from bmdbench.speed import (
     StageEstimate,
     describe_estimate,
@@ -45,57 +47,8 @@ from bmdbench.trainer import EpochCallback, Trainer, resolve_device, seed_everyt
 @dataclass(frozen=True)
 class RunOutcome:
     run_dir: Path
-    record: dict[str, Any]
+    record: RunRecord
     reused: bool = False  # an existing finished run was found and not retrained
-
-
-_IMAGES: dict[str, ImageSet] = {}
-
-
-def load_images(cfg: RunConfig) -> ImageSet:
-    """The run's images (embedded synthetic phantoms or a manifest), decoded once per process."""
-    from bmdbench.data.manifest import load_manifest
-    from bmdbench.data.synthetic import load_synthetic
-
-    key = stable_hash([cfg.data, cfg.unlabeled, cfg.image_size, to_dict(cfg)["synth"]])
-    if key not in _IMAGES:
-        if cfg.data == "synthetic":
-            if cfg.unlabeled is not None:
-                raise DataError(
-                    "--unlabeled goes with --data MANIFEST",
-                    "the synthetic data has its own unlabeled images (synth.n_unlabeled)",
-                )
-            _IMAGES[key] = load_synthetic(cfg.synth, cfg.image_size)
-        else:
-            _IMAGES[key] = load_manifest(cfg.data, cfg.image_size, unlabeled=cfg.unlabeled)
-    return _IMAGES[key]
-
-
-def config_hash(cfg: RunConfig, images: ImageSet, split: Split) -> str:
-    """What makes two runs the same: the resolved config and the data they saw.
-
-    A stage-1 run depends only on the labeled part (its key ignores the stage-2
-    schedule and the unlabeled images), so every stage-2 method can reuse it. Device,
-    preset name and ``compile`` say how a run executes, not what it is: they are left out.
-    """
-    spec = METHODS.get(cfg.method)
-    config = to_dict(cfg)
-    for irrelevant in ("device", "preset", "compile"):
-        config.pop(irrelevant)
-    if spec.stage == 1:
-        for stage2_only in ("stage2", "unlabeled"):
-            config.pop(stage2_only)
-        config["synth"].pop("n_unlabeled")
-        labeled = np.concatenate([split.train, split.val, split.test])
-        digest = hashlib.sha256(np.ascontiguousarray(images.images[labeled]).tobytes())
-        digest.update(images.targets[labeled].tobytes())
-        data = [split.labeled_fingerprint, digest.hexdigest()]
-    else:
-        config["parent"] = None  # the parent's hash below stands for it
-        data = [split.fingerprint, images.fingerprint]
-        assert cfg.parent is not None
-        data.append(config_hash(cfg.parent, images, split))
-    return stable_hash({"config": config, "data": data})
 
 
 def execute(
@@ -128,7 +81,7 @@ def execute(
     final = store.runs_dir(out) / name
     if reuse:
         existing = store.read_record(final)
-        if existing is not None and existing["status"] == "ok":
+        if existing is not None and existing.ok:
             return RunOutcome(final, existing, reused=True)
     device = _check_machine(cfg, images)
     if estimate and cfg.preset == "paper":
@@ -143,30 +96,29 @@ def execute(
     staging = store.staging_dir(out, name)
     with _nothing_left_if_it_fails(staging):
         try:
-            record = _train(
+            result = _train(
                 cfg, images, split, device, staging, parent, console, show_progress, on_epoch
             )
         except (BmdError, OSError):
             raise
         except Diverged as exc:
-            record = {"status": "diverged", "error": str(exc)}
+            result = {"status": "diverged", "error": str(exc)}
         except Pruned as exc:
-            record = {"status": "pruned", "error": str(exc) or "stopped early by its search"}
+            result = {"status": "pruned", "error": str(exc) or "stopped early by its search"}
         except Exception as exc:  # a bug or a resource problem: recorded, then raised as RunFailed
             (staging / "traceback.txt").write_text(traceback.format_exc())
-            record = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-        record.update(
-            _provenance(cfg, chash, name, images, split, parent, device),
-            timings={
-                **record.get("timings", {}),
-                "total_s": round(time.perf_counter() - started, 2),
-            },
+            result = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        timings = {**result.pop("timings", {}), "total_s": round(time.perf_counter() - started, 2)}
+        record = RunRecord(
+            **_provenance(cfg, chash, name, images, split, parent, device),
+            **result,
+            timings=timings,
             study=study,
         )
-        store.write_json(staging / store.RECORD, record)
+        store.write_json(staging / store.RECORD, record.to_json())
         store.publish(staging, final)
-    if record["status"] != "ok":
-        raise RunFailed(final, record["status"], record["error"])
+    if not record.ok:
+        raise RunFailed(final, record.status, record.error or "")
     _results_table(console, record, images.unit)
     return RunOutcome(final, record)
 
@@ -226,7 +178,7 @@ def paper_estimate(
 def _finished(cfg: RunConfig, out: Path) -> bool:
     """Whether a finished run (status ok) of ``cfg`` is under ``out``, to be reused."""
     record = store.read_record(check(cfg, out))
-    return record is not None and record["status"] == "ok"
+    return record is not None and record.ok
 
 
 _BACKBONES_CHECKED: set[tuple[str, str | None, tuple[int, ...]]] = set()
@@ -264,22 +216,9 @@ def _nothing_left_if_it_fails(staging: Path) -> Iterator[None]:
 
 
 def _inputs(cfg: RunConfig) -> tuple[ImageSet, Split, str]:
-    """The run's images, split and config hash. Checks that a stage-2 method has unlabeled
-    images and that the labeled training images fill a stage-1 batch (the label budget)."""
-    images = load_images(cfg)
-    split = make_split(images, cfg.split, seed=cfg.seed)
-    if METHODS.get(cfg.method).stage == 2 and len(split.unlabeled) == 0:
-        raise DataError(
-            f"{cfg.method} needs unlabeled images but the data has none",
-            "add them with --unlabeled FOLDER_OR_MANIFEST or set a label budget (--n-labeled)",
-        )
-    batch = cfg.stage1.batch_size
-    if len(split.train) < batch:
-        raise DataError(
-            f"{len(split.train)} labeled training images do not fill one batch of {batch} "
-            "(stage1.batch_size)",
-            f"raise the label budget (--n-labeled) to {batch} or more, or lower stage1.batch_size",
-        )
+    """The run's images and split, checked (:func:`bmdbench.data.sources.load_inputs`), and
+    its config hash."""
+    images, split = sources.load_inputs(cfg)
     return images, split, config_hash(cfg, images, split)
 
 
@@ -368,7 +307,6 @@ def _provenance(
     import timm
 
     return {
-        "format": 1,
         "name": name,
         "method": cfg.method,
         "backbone": cfg.backbone,
@@ -377,16 +315,16 @@ def _provenance(
         "config": to_dict(cfg),
         "config_hash": chash,
         "parent_run": parent.run_dir.name if parent else None,
-        "data": {
-            "source": images.source,
-            "fingerprint": images.fingerprint,
-            "split_fingerprint": split.fingerprint,
-            "sizes": split.sizes(),
-            "unit": images.unit,
+        "data": RecordData(
+            source=images.source,
+            fingerprint=images.fingerprint,
+            split_fingerprint=split.fingerprint,
+            sizes=split.sizes(),
+            unit=images.unit,
             # the labeled training targets' scale (SD ddof=0, as DataModule's z-scoring)
-            "target_mean": float(images.targets[split.train].mean()),
-            "target_sd": float(images.targets[split.train].std()),
-        },
+            target_mean=float(images.targets[split.train].mean()),
+            target_sd=float(images.targets[split.train].std()),
+        ),
         "versions": {
             "bmdbench": bmdbench.__version__,
             "python": platform.python_version(),
@@ -427,13 +365,13 @@ def _header(
     console.print(f"writing {final}")
 
 
-def _results_table(console: Console, record: dict[str, Any], unit: str) -> None:
-    table = Table(title=f"{record['name']} (selected epoch {record['selected_epoch']})")
+def _results_table(console: Console, record: RunRecord, unit: str) -> None:
+    table = Table(title=f"{record.name} (selected epoch {record.selected_epoch})")
     table.add_column("metric")
     for part in ("val", "test"):
         table.add_column(part, justify="right")
     for key in METRIC_KEYS:
-        table.add_row(key, *(f"{record['metrics'][p][key]:.4f}" for p in ("val", "test")))
+        table.add_row(key, *(f"{record.metrics[p][key]:.4f}" for p in ("val", "test")))
     console.print(table)
     console.print(
         f"rmse, mae and Bland–Altman values are in {unit or 'the unit of the manifest targets'}"

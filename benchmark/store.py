@@ -4,13 +4,7 @@ A run is a directory ``<out>/runs/<name>/``. It is built under a temporary
 name and renamed into place only once its ``record.json`` is written, so a
 run directory without a final record never exists and is never counted.
 
-``record.json`` (format 1) holds: ``name``, ``method``, ``backbone``,
-``preset``, ``seed``, ``status`` (``ok`` | ``diverged`` | ``pruned`` | ``failed``),
-``error``, ``config`` (resolved) and ``config_hash``, ``parent_run``, ``data``
-(source, fingerprints, split sizes, unit), ``metrics`` with ``val`` and
-``test`` dicts keyed by :data:`bmdbench.metrics.METRIC_KEYS`,
-``selected_epoch``, ``diagnostics``, ``timings``, ``versions``, ``git_sha``,
-``device``, ``created`` and ``study`` (``{"name", "trial"}`` for a search trial, else null).
+``record.json`` holds a :class:`~bmdbench.record.RunRecord` (format 1).
 """
 
 from __future__ import annotations
@@ -26,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bmdbench.errors import ConfigError, DataError, OutputError
+from bmdbench.record import RunRecord
 
 RECORD = "record.json"
 CHECKPOINT = "checkpoint.pt"
@@ -94,11 +89,11 @@ def run_name(method: str, backbone: str, preset: str, seed: int, config_hash: st
     return f"{method}-{backbone}-{preset}-s{seed}-{config_hash[:10]}"
 
 
-def read_record(run_dir: Path) -> dict[str, Any] | None:
+def read_record(run_dir: Path) -> RunRecord | None:
     """The run's final record, or None if the run is incomplete (or not a run at all)."""
     path = run_dir / RECORD
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -106,9 +101,10 @@ def read_record(run_dir: Path) -> dict[str, Any] | None:
             f"{path} is not a valid run record",
             "restore it, or delete its run folder so that the run is made again",
         ) from None
+    return RunRecord.from_json(data, str(path))
 
 
-def iter_records(out: Path) -> Iterator[dict[str, Any]]:
+def iter_records(out: Path) -> Iterator[RunRecord]:
     """The final records of every complete run under ``out/runs`` (staging folders skipped)."""
     base = runs_dir(out)
     if not base.is_dir():

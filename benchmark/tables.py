@@ -22,10 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.console import Console
+from rich.table import Table
 
 from bmdbench import store
-from bmdbench.errors import DataError
-from bmdbench.paper_tables import PaperTable
+from bmdbench.errors import ConfigError, DataError
+from bmdbench.paper_tables import PaperTable, select
 from bmdbench.results import (
     ALPHA,
     MIN_SEEDS_SIGN_FLIP,
@@ -33,9 +35,11 @@ from bmdbench.results import (
     N_RESAMPLES,
     POWER,
     cell_runs,
+    load_runs,
     raw_triplet_scale,
     table_stats,
 )
+from bmdbench.spec import RunSpec
 
 FORMATS = ("md", "latex", "csv")
 
@@ -441,6 +445,56 @@ EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv"}
 def write(data: TableData, fmt: str, folder: Path) -> Path:
     """Write one format of the table to ``folder/<table>.<ext>`` (atomically)."""
     text = {"md": to_markdown, "latex": to_latex, "csv": to_csv}[fmt](data)
-    path = folder / f"{data.table.name}.{EXTENSIONS[fmt]}"
+    return _write_text(text, data.table.name, fmt, folder)
+
+
+def write_frame(
+    frame: pd.DataFrame, title: str, footer: str, name: str, fmt: str, folder: Path
+) -> Path:
+    """Write any frame (its index a column) as ``folder/<name>.<ext>`` in one format."""
+    text = {
+        "md": lambda: markdown_table(frame, title, footer),
+        "latex": lambda: latex_table(frame.astype(str), title, footer, name),
+        "csv": lambda: csv_table(frame.reset_index(), footer),
+    }[fmt]()
+    return _write_text(text, name, fmt, folder)
+
+
+def _write_text(text: str, name: str, fmt: str, folder: Path) -> Path:
+    path = folder / f"{name}.{EXTENSIONS[fmt]}"
     store.write_text(path, text)
     return path
+
+
+def publish(
+    names: str,
+    out: Path,
+    base: RunSpec,
+    backbones: Sequence[str],
+    sets: dict[str, str],
+    formats: Sequence[str],
+    console: Console,
+) -> list[Path]:
+    """``bmdbench table``: each paper table of ``names`` (table1..table4, all) from the runs
+    under ``out``, its cells named as ``bmdbench grid`` names them (:func:`bmdbench.grid.cells_for`
+    from ``base``, ``backbones`` and ``sets``), printed and written to ``out/tables`` in each
+    of ``formats``."""
+    from bmdbench.grid import cells_for
+
+    if unknown := [f for f in formats if f not in FORMATS]:
+        raise ConfigError(f"unknown format {unknown[0]!r}", f"use one of: {', '.join(FORMATS)}")
+    runs = load_runs(out)
+    written = []
+    for paper_table in select(names):
+        cells = cells_for(paper_table.name, [], backbones, 1, sets, base)
+        data = build(paper_table, runs, [c.signature for c in cells])
+        frame = display_frame(data, "rich")
+        shown = Table(title=paper_table.title, caption=data.footer)
+        shown.add_column(str(frame.index.name or ""))
+        for column in frame.columns:
+            shown.add_column(" ".join(column) if isinstance(column, tuple) else str(column))
+        for label, row in frame.iterrows():
+            shown.add_row(str(label), *(str(v) for v in row))
+        console.print(shown)
+        written += [write(data, f, out / "tables") for f in formats]
+    return written

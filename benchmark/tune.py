@@ -21,12 +21,14 @@ from rich.console import Console
 from rich.table import Table
 
 from bmdbench import store
-from bmdbench.config import RunConfig, resolve, stable_hash
+from bmdbench.config import stable_hash
 from bmdbench.dispatch import open_storage, quiet_libraries
 from bmdbench.errors import ConfigError, Pruned, RunFailed
 from bmdbench.methods import METHODS
 from bmdbench.methods.base import Range
+from bmdbench.record import RunRecord
 from bmdbench.runner import execute
+from bmdbench.spec import RunSpec
 
 KINDS = ("margin", "lambda", "consistency", "lr", "ema", "all")
 DEFAULT_METHOD = {
@@ -63,35 +65,26 @@ def search_space(method: str, kind: str) -> dict[str, Range]:
 
 @dataclass(frozen=True)
 class Search:
-    """What one study searches, on which data; its default study name derives from it."""
+    """What one study searches (``kind``), from which run (``spec``: the trials add their
+    values to its settings); its default study name derives from both."""
 
     kind: str
-    method: str
-    backbone: str
-    preset: str
-    data: str = "synthetic"
-    unlabeled: str | None = None
-    seed: int = 0
-    device: str = "auto"
-    sets: tuple[tuple[str, str], ...] = ()
+    spec: RunSpec
 
-    def config(self, params: Mapping[str, Any] | None = None) -> RunConfig:
-        """The run config of a trial with ``params`` (dotted keys), or of the search's own
-        settings."""
-        return resolve(
-            self.method,
-            self.backbone,
-            self.preset,
-            {**dict(self.sets), **(params or {})},
-            data=self.data,
-            unlabeled=self.unlabeled,
-            seed=self.seed,
-            device=self.device,
-        )
+    @property
+    def method(self) -> str:
+        return self.spec.method
+
+    def trial(self, params: Mapping[str, Any]) -> RunSpec:
+        """The run of a trial with ``params`` (dotted keys)."""
+        return self.spec.but(settings=params)
 
     def study_name(self) -> str:
-        digest = stable_hash({k: v for k, v in asdict(self).items() if k != "device"})[:8]
-        return f"tune-{self.kind}-{self.method}-{self.backbone}-{self.preset}-{digest}"
+        """``tune-<kind>-<method>-<backbone>-<preset>-<hash>``; the hash is of the kind and
+        the spec's identity (:attr:`RunSpec.key`), so the same search continues one study."""
+        s = self.spec
+        digest = stable_hash([self.kind, s.key])[:8]
+        return f"tune-{self.kind}-{s.method}-{s.backbone}-{s.preset}-{digest}"
 
 
 def open_study(search: Search, storage: str, name: str) -> optuna.Study:
@@ -111,15 +104,15 @@ def open_study(search: Search, storage: str, name: str) -> optuna.Study:
             ),
         )
     # seeded by the history, so that a continued study does not repeat its first trials
-    study.sampler = optuna.samplers.TPESampler(seed=search.seed + len(study.trials))
+    study.sampler = optuna.samplers.TPESampler(seed=search.spec.seed + len(study.trials))
     study.set_user_attr("search", asdict(search))
     return study
 
 
 def _epochs(search: Search) -> int:
     """Epochs of the stage the search trains (the method's own stage)."""
-    cfg = resolve(search.method, search.backbone, search.preset, dict(search.sets))
-    return (cfg.stage2 if METHODS.get(search.method).stage == 2 else cfg.stage1).epochs
+    cfg = search.spec.config
+    return (cfg.stage1 if cfg.parent is None else cfg.stage2).epochs
 
 
 def run_search(
@@ -135,7 +128,7 @@ def run_search(
 
     def objective(trial: optuna.Trial) -> float:
         params = {k: trial.suggest_float(k, r.low, r.high, log=r.log) for k, r in space.items()}
-        cfg = search.config(params)
+        cfg = search.trial(params).config
 
         def report(epoch: int, val: dict[str, float]) -> None:
             trial.report(val["pearson_r"], epoch)
@@ -161,7 +154,7 @@ def run_search(
             raise
         trial.set_user_attr("run", outcome.run_dir.name)
         trial.set_user_attr("status", "ok")
-        value = float(outcome.record["metrics"]["val"]["pearson_r"])
+        value = float(outcome.record.metrics["val"]["pearson_r"])
         console.print(f"trial {trial.number}: {_params(params)} → validation R {value:.4f}")
         return value
 
@@ -195,7 +188,7 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
     return max(complete, key=lambda t: t.value or float("-inf")) if complete else None
 
 
-def summarise(study: optuna.Study, out: Path, console: Console) -> dict[str, Any] | None:
+def summarise(study: optuna.Study, out: Path, console: Console) -> RunRecord | None:
     """Print the trials and the best one (with its test metrics, read once, now); write the
     plots next to the study. Returns the best trial's run record."""
     frame = trials_frame(study)
@@ -211,10 +204,10 @@ def summarise(study: optuna.Study, out: Path, console: Console) -> dict[str, Any
         return None
     record = store.read_record(store.runs_dir(out) / best.user_attrs["run"])
     assert record is not None
-    test = record["metrics"]["test"]
+    test = record.metrics["test"]
     console.print(
         f"best trial {best.number}: {_params(best.params)}; validation R {best.value:.4f}; "
-        f"test R {test['pearson_r']:.4f}, RMSE {test['rmse']:.4f} ({record['data']['unit']})"
+        f"test R {test['pearson_r']:.4f}, RMSE {test['rmse']:.4f} ({record.data.unit})"
     )
     for path in plot_study(study, study_dir(out, study.study_name)):
         console.print(f"wrote {path}")
@@ -290,25 +283,19 @@ def compare_tuned(
     """Run each method with its tuned settings over ``seeds`` seeds (a grid) and compare them
     on test as a paper table does (:func:`bmdbench.results.table_stats`): mean ± SD,
     hierarchical-bootstrap CI, ΔR against the first method with Holm-adjusted p."""
-    from bmdbench.config import to_dict
-    from bmdbench.grid import Cell, make_cell, make_plan, print_plan, run_grid
-    from bmdbench.results import N_RESAMPLES, cell_runs, load_runs, signature, table_stats
+    from bmdbench.grid import make_plan, print_plan, run_grid
+    from bmdbench.results import N_RESAMPLES, cell_runs, load_runs, table_stats
     from bmdbench.tables import format_cells
 
-    template = Cell("", base.backbone, 0, base.preset, base.data, base.unlabeled, base.device)
-    common = dict(base.sets)
     cells = {
-        m: [make_cell(template, m, base.backbone, s, {**common, **p}) for s in range(seeds)]
+        m: [base.spec.but(method=m, seed=s, settings=p) for s in range(seeds)]
         for m, p in best.items()
     }
     plan = make_plan([c for group in cells.values() for c in group], out)
     print_plan(console, plan)
     run_grid(plan, out, storage, 1, False, console)
     runs = load_runs(out)
-    frames = {
-        method: cell_runs(runs, [signature(to_dict(group[0].config()))])
-        for method, group in cells.items()
-    }
+    frames = {method: cell_runs(runs, [group[0].signature]) for method, group in cells.items()}
     frames = {method: frame for method, frame in frames.items() if not frame.empty}
     if not frames:
         return pd.DataFrame()
@@ -322,3 +309,62 @@ def compare_tuned(
     )
     shown.index = pd.Index(list(frames), name="method")
     return shown
+
+
+def equal_budget(
+    kind: str,
+    searches: Sequence[Search],
+    n_trials: int,
+    seeds: int,
+    storage: str,
+    out: Path,
+    console: Console,
+) -> Path:
+    """``bmdbench tune KIND --equal-budget N``: tune each search's method with exactly
+    ``n_trials`` trials, run each with its best values over ``seeds`` seeds and compare them
+    on test (:func:`compare_tuned`); print the table and write it to ``out/tables``."""
+    from bmdbench.tables import markdown_table
+
+    best = equal_budget_best(searches, n_trials, storage, out, console)
+    frame = compare_tuned(best, searches[0], seeds, storage, out, console)
+    title = f"Tuned with {n_trials} trials each ({kind}), compared on test over {seeds} seeds"
+    text = markdown_table(
+        frame,
+        title,
+        f"Measured with bmdbench tune {kind} --equal-budget {n_trials}.",
+        verbatim=True,
+    )
+    console.print(text)
+    path = out / "tables" / f"equal-budget-{kind}-{'-'.join(best)}.md"
+    store.write_text(path, text)
+    return path
+
+
+def write_trials(study: optuna.Study, formats: Sequence[str], out: Path) -> list[Path]:
+    """The study's trials (:func:`trials_frame`) as ``out/tables/<study>.<ext>``."""
+    from bmdbench.tables import write_frame
+
+    title = f"Trials of study {study.study_name}"
+    footer = f"Objective: validation Pearson R. Runs in {out / 'runs'}."
+    frame = trials_frame(study)
+    return [write_frame(frame, title, footer, study.study_name, f, out / "tables") for f in formats]
+
+
+def export_study(
+    name: str | None, storage: str | None, out: Path, formats: Sequence[str], console: Console
+) -> list[Path]:
+    """``bmdbench table tune --study NAME``: summarise a finished study and write its trials."""
+    from bmdbench.dispatch import DB_NAME, default_storage
+
+    if storage is None and not (out / DB_NAME).exists():
+        raise ConfigError(f"no studies under {out}", "give the --out of the tune run, or --storage")
+    url = storage or default_storage(out)
+    names = optuna.get_all_study_names(open_storage(url))
+    if name not in names:
+        raise ConfigError(
+            f"no study {name!r} in {url}",
+            f"give --study one of: {', '.join(n for n in names if n.startswith('tune-')) or '(none yet)'}",
+        )
+    loaded = optuna.load_study(study_name=name, storage=open_storage(url))
+    summarise(loaded, out, console)
+    return write_trials(loaded, formats, out)

@@ -33,7 +33,26 @@ def heavy_imports(*argv: str) -> list[str]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("argv", [("--help",), ("run", "--help"), ("list", "presets")])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("--help",),
+        ("run", "--help"),
+        ("list", "presets"),
+        ("list", "runs", "--out", "/nonexistent-bmdbench-store"),
+        # argument, config and manifest errors: resolved and checked before the engine loads
+        ("run", "--preset", "nope"),
+        ("run", "--preset", "smoke", "--set", "stage1.lr=-1"),
+        ("run", "--set", "stage1.lrr=1"),  # the default preset too is found without torch
+        ("run", "--set", "image_size"),
+        ("run", "--preset", "smoke", "--data", "/nonexistent-bmdbench.csv"),
+        ("run", "--preset", "smoke", "--n-labeled", "2"),
+        ("data", "check", "/nonexistent-bmdbench.csv"),
+        ("grid", "table2", "--seeds", "0"),
+        ("table", "table9"),
+        ("table", "table2", "--format", "xls"),
+    ],
+)
 def test_answers_without_torch(argv: tuple[str, ...]) -> None:
     assert heavy_imports(*argv) == []
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from bmdbench.config import resolve
 from bmdbench.methods import Method
 from bmdbench.runner import build_method
+from bmdbench.spec import resolve
 from bmdbench.trainer import Trainer, seed_everything
 
 CPU = torch.device("cpu")

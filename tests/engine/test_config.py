@@ -8,12 +8,12 @@ from bmdbench.config import (
     Valid,
     load_config_file,
     parse_set,
-    resolve,
     stable_hash,
     to_dict,
 )
 from bmdbench.errors import ConfigError
 from bmdbench.methods import METHODS
+from bmdbench.spec import resolve
 
 
 def test_preset_then_overrides_then_set():

@@ -9,9 +9,9 @@ folder that is unchanged (or was never created).
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -206,9 +206,8 @@ def test_out_that_is_a_file_or_not_writable(bmdbench, tmp_path, monkeypatch):
 
 def _finished_run(folder: Path, epochs: str) -> Path:
     folder.mkdir(parents=True)
-    record = {"status": "ok", "method": "baseline", "backbone": "tiny", "preset": "smoke"}
-    record.update(seed=0, data={"unit": "g/cm²"})
-    (folder / "record.json").write_text(json.dumps(record))
+    # a finished run's record (format 1) with the files beside it that a test needs
+    shutil.copy(Path(__file__).with_name("records") / "format1-pi_model.json", folder / store.RECORD)
     (folder / "predictions_test.csv").write_text("id,target,prediction\na,0.7,0.71\nb,0.9,0.85\n")
     (folder / "epochs.jsonl").write_text(epochs)
     return folder

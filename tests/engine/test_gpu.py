@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from bmdbench.backbones import build_backbone
-from bmdbench.config import AugmentConfig, SplitConfig, StageConfig, resolve
+from bmdbench.config import AugmentConfig, SplitConfig, StageConfig
 from bmdbench.data.augment import BatchAugment
 from bmdbench.data.module import DataModule
 from bmdbench.data.splits import make_split
@@ -19,6 +19,7 @@ from bmdbench.methods import Regressor
 from bmdbench.methods.consistency_regularisation import ConsistencyParams, PiModel
 from bmdbench.methods.supervised import Baseline
 from bmdbench.runner import execute
+from bmdbench.spec import resolve
 from bmdbench.speed import measure_limit, resident_batch
 from bmdbench.trainer import Trainer, seed_everything
 
@@ -145,8 +146,8 @@ def test_smoke_run_end_to_end_on_cuda(tmp_path):
     cfg = resolve("proposed", "tiny", "smoke", device="cuda")
     outcome = execute(cfg, tmp_path, show_progress=False)
     record = outcome.record
-    assert record["status"] == "ok"
-    assert record["device"] == torch.cuda.get_device_name(CUDA)
-    assert record["parent_run"].startswith("atl-tiny-smoke-s0-")
-    assert record["timings"]["images_per_s"] > 0
-    assert all(math.isfinite(v) for v in record["metrics"]["test"].values())
+    assert record.status == "ok"
+    assert record.device == torch.cuda.get_device_name(CUDA)
+    assert record.parent_run.startswith("atl-tiny-smoke-s0-")
+    assert record.timings["images_per_s"] > 0
+    assert all(math.isfinite(v) for v in record.metrics["test"].values())

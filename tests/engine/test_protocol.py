@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
-from bmdbench.config import PRESETS, TRIPLET_METHODS, SplitConfig, StageConfig, resolve
+from bmdbench.config import PRESETS, TRIPLET_METHODS, SplitConfig, StageConfig
 from bmdbench.data.module import DataModule, steps_per_epoch
 from bmdbench.data.splits import make_split
 from bmdbench.methods import METHODS
+from bmdbench.spec import resolve
 from bmdbench.trainer import lr_at, lr_budget
 
 CPU = torch.device("cpu")

@@ -8,9 +8,10 @@ import pytest
 import torch
 from rich.console import Console
 
-from bmdbench import runner
-from bmdbench.config import StageConfig, resolve
+from bmdbench.config import StageConfig
+from bmdbench.data import sources
 from bmdbench.runner import build_method, execute
+from bmdbench.spec import resolve
 from bmdbench.speed import (
     GIB,
     Speed,
@@ -84,7 +85,7 @@ def test_flops_count_the_passes_each_method_makes():
 
 @pytest.fixture
 def tiny_data(monkeypatch, imageset_factory):
-    monkeypatch.setattr(runner, "load_images", lambda cfg: imageset_factory())
+    monkeypatch.setattr(sources, "load_images", lambda cfg: imageset_factory())
 
 
 def run_output(tmp_path, name: str, preset: str) -> str:

@@ -12,10 +12,11 @@ import sys
 import time
 
 from bmdbench import store
-from bmdbench.grid import Cell, custom_cells, table_cells, with_parents
+from bmdbench.grid import custom_cells, table_cells, with_parents
 from bmdbench.paper_tables import TABLES
+from bmdbench.spec import RunSpec
 
-BASE = Cell("", "", 0, "smoke", device="cpu")
+BASE = RunSpec("", "", "smoke", device="cpu")
 
 
 def test_parents_come_first_once_without_other_methods_settings():
@@ -35,7 +36,7 @@ def test_parents_come_first_once_without_other_methods_settings():
         "pi_model",
     ]
     proposed = next(c for c in ordered if c.method == "proposed")
-    assert proposed.parent().sets == ()  # the proposed.* setting does not split the atl cell
+    assert proposed.parent().settings == ()  # the proposed.* setting does not split the atl cell
     assert len({c.key for c in ordered}) == len(ordered)
 
 
@@ -44,22 +45,24 @@ def test_a_changed_preset_makes_new_cells(monkeypatch):
     # not leave the old runs counted as the new ones
     from bmdbench.config import PRESETS
 
-    cell = Cell("mean_teacher", "tiny", 0, "smoke", device="cpu")
+    cell = RunSpec("mean_teacher", "tiny", "smoke", device="cpu")
     before = cell.key
     monkeypatch.setitem(PRESETS, "smoke", {**PRESETS["smoke"], "mean_teacher": {"ema_decay": 0.9}})
-    assert Cell("mean_teacher", "tiny", 0, "smoke", device="cpu").key != before
-    assert Cell("mean_teacher", "tiny", 0, "smoke", device="cuda").key != before  # the preset
+    assert RunSpec("mean_teacher", "tiny", "smoke", device="cpu").key != before
     assert (
-        Cell("mean_teacher", "tiny", 0, "smoke", device="cuda").key
-        == Cell("mean_teacher", "tiny", 0, "smoke", device="cpu").key  # not the device
+        RunSpec("mean_teacher", "tiny", "smoke", seed=0, device="cuda").key != before
+    )  # the preset
+    assert (
+        RunSpec("mean_teacher", "tiny", "smoke", seed=0, device="cuda").key
+        == RunSpec("mean_teacher", "tiny", "smoke", device="cpu").key  # not the device
     )
-    compiled = Cell("mean_teacher", "tiny", 0, "smoke", sets=(("compile", "true"),))
-    assert compiled.key == Cell("mean_teacher", "tiny", 0, "smoke").key  # nor compile
+    compiled = RunSpec("mean_teacher", "tiny", "smoke", seed=0, settings=(("compile", "true"),))
+    assert compiled.key == RunSpec("mean_teacher", "tiny", "smoke", seed=0).key  # nor compile
 
 
 def test_table_cells_follow_the_paper():
     cells = table_cells([TABLES["table3"]], 1, {}, BASE, "tiny")
-    margins = [(c.method, dict(c.sets).get(f"{c.method}.margin")) for c in cells]
+    margins = [(c.method, dict(c.settings).get(f"{c.method}.margin")) for c in cells]
     assert margins[:2] == [("triplet", "0.1"), ("triplet", "0.3")]
     assert ("atl", "1.0") in margins and ("baseline", None) in margins
     assert {c.backbone for c in cells} == {"tiny"}
@@ -68,8 +71,8 @@ def test_table_cells_follow_the_paper():
 
 
 def test_cell_json_round_trip():
-    cell = Cell("atl", "tiny", 3, "smoke", sets=(("atl.margin", "0.3"),))
-    assert Cell.from_json(cell.to_json()) == cell
+    cell = RunSpec("atl", "tiny", "smoke", seed=3, settings=(("atl.margin", "0.3"),))
+    assert RunSpec.from_json(cell.to_json()) == cell
 
 
 def _grid(out, *extra):
@@ -106,7 +109,7 @@ def test_killed_grid_resumes_and_runs_every_cell_once(tmp_path):
     assert "12 of 12 cells done, 0 failed" in done.stdout
 
     records = list(store.iter_records(tmp_path))
-    assert len(records) == 12 and all(r["status"] == "ok" for r in records)
+    assert len(records) == 12 and all(r.ok for r in records)
     leftovers = [p.name for p in store.runs_dir(tmp_path).iterdir() if p.name.startswith(".")]
     assert leftovers == []
     (events,) = (tmp_path / "grids").glob("*.events.jsonl")

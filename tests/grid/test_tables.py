@@ -12,20 +12,21 @@ import pytest
 
 from bmdbench import store
 from bmdbench.config import to_dict
-from bmdbench.grid import Cell, table_cells
+from bmdbench.grid import table_cells
 from bmdbench.methods import METHODS
 from bmdbench.paper_tables import TABLES
-from bmdbench.results import STAT_COLUMNS, holm, load_runs, signature
+from bmdbench.results import STAT_COLUMNS, holm, load_runs
+from bmdbench.spec import RunSpec
 from bmdbench.tables import build, display_frame, format_p, to_csv, to_latex, to_markdown
 
-BASE = Cell("", "", 0, "smoke", device="cpu")
+BASE = RunSpec("", "", "smoke", device="cpu")
 TRUTH = np.linspace(0.5, 1.0, 40)
 
 
-def fake_run(out, cell: Cell, pred: np.ndarray, selected_epoch: int = 3) -> None:
+def fake_run(out, cell: RunSpec, pred: np.ndarray, selected_epoch: int = 3) -> None:
     """A finished run record as the runner writes it (no training); stage-2 methods get a
     parent run."""
-    cfg = cell.config()
+    cfg = cell.config
     name = f"{cell.method}-{cell.backbone}-s{cell.seed}-{cell.key[:6]}"
     run_dir = store.runs_dir(out) / name
     run_dir.mkdir(parents=True)
@@ -60,9 +61,11 @@ def fake_run(out, cell: Cell, pred: np.ndarray, selected_epoch: int = 3) -> None
         "metrics": {"val": metrics, "test": metrics},
         "diagnostics": {},
         "timings": {"total_s": 1.0},
+        "versions": {},
         "device": "cpu",
         "git_sha": "abc",
         "created": "now",
+        "format": 1,
     }
     store.write_json(run_dir / store.RECORD, record)
 
@@ -83,7 +86,7 @@ def write_runs(out, table: str, seeds: int, sets=None, noise=None, keep=None, sk
 
 def _build(out, table: str, sets=None):
     one_seed = table_cells([TABLES[table]], 1, sets or {}, BASE, "tiny")
-    return build(TABLES[table], load_runs(out), [signature(to_dict(c.config())) for c in one_seed])
+    return build(TABLES[table], load_runs(out), [c.signature for c in one_seed])
 
 
 ORDER4 = [tc.method for tc in TABLES["table4"].cells]
@@ -287,9 +290,7 @@ def test_table3_keeps_triplet_and_atl_apart(tmp_path):
     for cell in cells:
         noise = 0.02 if cell.method == "atl" else 0.2
         fake_run(tmp_path, cell, TRUTH + rng.normal(0, noise, TRUTH.size))
-    data = build(
-        TABLES["table3"], load_runs(tmp_path), [signature(to_dict(c.config())) for c in cells]
-    )
+    data = build(TABLES["table3"], load_runs(tmp_path), [c.signature for c in cells])
     tidy = data.tidy.set_index(["group", "label"])
     assert tidy.loc[("ATL", "0.5"), "r_mean"] > tidy.loc[("Triplet Loss", "0.5"), "r_mean"] + 0.1
     assert (data.tidy["seeds"] == 1).all()

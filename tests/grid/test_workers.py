@@ -50,7 +50,7 @@ def test_two_workers_one_killed_every_cell_once(tmp_path, kind):
     assert "6 of 6 cells done, 0 failed" in stdout  # 2 baseline + 2 pi_model + 2 mean_teacher
 
     records = list(store.iter_records(out))
-    assert len(records) == 6 and all(r["status"] == "ok" for r in records)
+    assert len(records) == 6 and all(r.ok for r in records)
     (events,) = (out / "grids").glob("*.events.jsonl")
     lines = [json.loads(line) for line in events.read_text().splitlines()]
     trained = collections.Counter(

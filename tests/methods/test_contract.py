@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from bmdbench.backbones import build_backbone
-from bmdbench.config import AugmentConfig, SplitConfig, StageConfig, resolve
+from bmdbench.config import AugmentConfig, SplitConfig, StageConfig
 from bmdbench.data.augment import BatchAugment
 from bmdbench.data.module import DataModule
 from bmdbench.data.splits import make_split
 from bmdbench.methods import METHODS, Method, Regressor
+from bmdbench.spec import resolve
 from bmdbench.trainer import Trainer, seed_everything
 
 STAGE = StageConfig(epochs=1, lr=1e-3, lr_drop_epoch=None, batch_size=8)

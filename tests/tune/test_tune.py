@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from bmdbench import runner, store
-from bmdbench.config import resolve
+from bmdbench import store
+from bmdbench.data import sources
 from bmdbench.errors import ConfigError, Pruned, RunFailed
 from bmdbench.runner import execute
+from bmdbench.spec import RunSpec, resolve
 from bmdbench.tune import LR, Search, open_study, plot_study, run_search, search_space, trials_frame
 
 SMALL = (("split.val", "8"), ("split.test", "8"), ("stage1.epochs", "3"))
@@ -15,7 +16,7 @@ SMALL = (("split.val", "8"), ("split.test", "8"), ("stage1.epochs", "3"))
 
 @pytest.fixture(autouse=True)
 def tiny_data(monkeypatch, imageset_factory):
-    monkeypatch.setattr(runner, "load_images", lambda cfg: imageset_factory())
+    monkeypatch.setattr(sources, "load_images", lambda cfg: imageset_factory())
 
 
 def test_search_spaces_come_from_the_methods():
@@ -34,7 +35,7 @@ def test_search_spaces_come_from_the_methods():
 
 
 def test_study_continues_and_links_its_runs(tmp_path):
-    search = Search("margin", "atl", "tiny", "smoke", device="cpu", sets=SMALL)
+    search = Search("margin", RunSpec("atl", "tiny", "smoke", device="cpu", settings=SMALL))
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     quiet = __import__("rich.console").console.Console(quiet=True)
     study = open_study(search, url, search.study_name())
@@ -46,11 +47,11 @@ def test_study_continues_and_links_its_runs(tmp_path):
     assert frame["atl.margin"].nunique() == 4  # a continued study does not repeat its trials
     for number, row in frame.iterrows():
         record = store.read_record(store.runs_dir(tmp_path) / row["run"])
-        assert record["study"] == {"name": search.study_name(), "trial": number}
-        assert record["config"]["hparams"]["margin"] == pytest.approx(row["atl.margin"])
-        assert record["status"] == {"complete": "ok", "pruned": "pruned"}[row["state"]]
+        assert record.study == {"name": search.study_name(), "trial": number}
+        assert record.config["hparams"]["margin"] == pytest.approx(row["atl.margin"])
+        assert record.status == {"complete": "ok", "pruned": "pruned"}[row["state"]]
         if row["state"] == "complete":
-            assert record["metrics"]["val"]["pearson_r"] == pytest.approx(row["val R"])
+            assert record.metrics["val"]["pearson_r"] == pytest.approx(row["val R"])
     written = plot_study(again, tmp_path / "plots")
     assert {p.name for p in written} == {
         "history.png",
@@ -73,7 +74,7 @@ def test_a_stopped_run_is_recorded_as_pruned(tmp_path):
         execute(cfg, tmp_path, show_progress=False, on_epoch=stop_after_two)
     assert failed.value.status == "pruned" and [e for e, _ in seen] == [1, 2]
     record = store.read_record(failed.value.run_dir)
-    assert record["status"] == "pruned" and "epoch 2" in record["error"]
+    assert record.status == "pruned" and "epoch 2" in record.error
 
 
 def test_equal_budget_tunes_each_method_alike_then_compares_on_test(tmp_path):
@@ -84,7 +85,8 @@ def test_equal_budget_tunes_each_method_alike_then_compares_on_test(tmp_path):
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     quiet = Console(quiet=True)
     searches = [
-        Search("margin", m, "tiny", "smoke", device="cpu", sets=SMALL) for m in ("atl", "triplet")
+        Search("margin", RunSpec(m, "tiny", "smoke", device="cpu", settings=SMALL))
+        for m in ("atl", "triplet")
     ]
     best = equal_budget_best(searches, 2, url, tmp_path, quiet)
     assert set(best) == {"atl", "triplet"} and set(best["atl"]) == {"atl.margin"}
