@@ -48,7 +48,8 @@ class OutputError(BmdError):
 
 
 class Diverged(Exception):
-    """The loss became NaN or infinite (raised by the Trainer; the run's status: diverged)."""
+    """The loss became NaN or infinite (raised by the Trainer's DivergenceGuard hook; the
+    run's status: diverged)."""
 
     def __init__(self, epoch: int, losses: dict[str, float]) -> None:
         super().__init__(f"loss is not finite at epoch {epoch}: {losses}")

@@ -30,6 +30,7 @@ from bmdbench.data.imageset import ImageSet
 from bmdbench.data.module import DataModule, resident_bytes
 from bmdbench.data.splits import Split
 from bmdbench.errors import BmdError, Diverged, OutputError, Pruned, RunFailed
+from bmdbench.hooks import EpochCallback, Pruning
 from bmdbench.methods import METHODS, Method, Regressor
 from bmdbench.metrics import METRIC_KEYS
 from bmdbench.record import RecordData, RunRecord
@@ -41,7 +42,7 @@ from bmdbench.speed import (
     resident_batch,
     stage_images,
 )
-from bmdbench.trainer import EpochCallback, Trainer, resolve_device, seed_everything
+from bmdbench.trainer import Trainer, resolve_device, seed_everything
 
 
 @dataclass(frozen=True)
@@ -263,7 +264,7 @@ def _train(
         BatchAugment(cfg.augment),
         generator,
         select_initial=parent is not None,
-        on_epoch=on_epoch,
+        hooks=[Pruning(on_epoch)] if on_epoch is not None else [],
     )
     checkpoint = io.BytesIO()  # torch.save's own writer reports a full disk as a RuntimeError
     torch.save(result.state_dict, checkpoint)

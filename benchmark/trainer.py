@@ -4,15 +4,16 @@ The Trainer alone calls ``backward``, steps the optimiser, sets autocast and
 moves tensors between devices (STYLE.md, principle 1). It validates after every
 epoch (and once before the first, so a fine-tuning stage can keep its starting
 weights), keeps the checkpoint with the highest validation Pearson R, and
-scores the test split once, with that checkpoint, at the very end.
+scores the test split once, with that checkpoint, at the very end. Checkpoint
+selection, the epoch log, the progress bars, the divergence check and a search's
+pruning are hooks around the loop (:mod:`bmdbench.hooks`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,23 +22,22 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from bmdbench.config import StageConfig
 from bmdbench.data.augment import BatchAugment
 from bmdbench.data.module import Batch, DataModule
-from bmdbench.errors import ConfigError, Diverged
+from bmdbench.errors import ConfigError
+from bmdbench.hooks import (
+    BestCheckpoint,
+    DivergenceGuard,
+    EpochLog,
+    FitState,
+    Hook,
+    Hooks,
+    ProgressBars,
+)
 from bmdbench.methods.base import FitContext, Method, Regressor
 from bmdbench.metrics import regression_metrics
-
-DISPLAY_EVERY = 25  # steps between progress-bar updates of the running loss (a host sync)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,10 +66,6 @@ def seed_everything(seed: int) -> torch.Generator:
     generator for batch order. On CPU the same seed gives the same numbers."""
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-EpochCallback = Callable[[int, dict[str, float]], None]
-# ^ called after every epoch with (epoch, validation metrics); may raise Pruned
 
 
 @dataclass
@@ -162,37 +158,41 @@ class Trainer:
         augment: BatchAugment,
         generator: torch.Generator,
         select_initial: bool = False,
-        on_epoch: EpochCallback | None = None,
+        hooks: Sequence[Hook] = (),
     ) -> FitResult:
         """Train ``method`` for ``stage.epochs`` epochs and score the selected checkpoint.
 
         ``select_initial``: the weights before the first epoch (stage-1 weights of a
         fine-tuning stage) are a candidate for selection too (epoch 0).
-        ``on_epoch``: told each epoch's validation metrics; raising
-        :class:`~bmdbench.errors.Pruned` ends the run.
+        ``hooks`` fire (see :class:`~bmdbench.hooks.Hook`) after the Trainer's own
+        :class:`~bmdbench.hooks.BestCheckpoint`, :class:`~bmdbench.hooks.DivergenceGuard`
+        and, with ``log_path``, :class:`~bmdbench.hooks.EpochLog`, and before its
+        :class:`~bmdbench.hooks.ProgressBars`. An exception a hook raises
+        (:class:`~bmdbench.errors.Pruned`, :class:`~bmdbench.errors.Diverged`) ends the fit.
         """
         method = self.prepare(method)
         ctx = self.context(method, data, stage, augment)
         steps = ctx.steps_per_epoch
         optimiser = self.optimiser(method, stage)
-        ctx.val, _ = self.evaluate(method, data, "val")
-        best_r, best_epoch, best_state = -math.inf, 0, self._snapshot(method)
-        if select_initial:
-            best_r = _score(ctx.val)
+        best = BestCheckpoint(select_initial)
+        log = [EpochLog(self.log_path)] if self.log_path is not None else []
+        bars = [ProgressBars(self.console, best)] if self.show_progress else []
+        fire = Hooks([best, DivergenceGuard(), *log, *hooks, *bars])
+        state = FitState(method, ctx)
         history: list[dict[str, Any]] = []
-        method.on_stage_start(ctx)
-        started = time.perf_counter()
         images_seen = 0
-        with self._progress() as progress:
-            epochs_task = progress.add_task("epochs", total=stage.epochs, info="")
-            steps_task = progress.add_task("steps", total=steps, info="")
+        ctx.val, _ = self.evaluate(method, data, "val")
+        fire.before_stage(state)
+        try:
+            method.on_stage_start(ctx)
+            started = time.perf_counter()
             for epoch in range(stage.epochs):
                 ctx.epoch, ctx.log = epoch, {}
                 lr = lr_at(stage, epoch * steps, steps)
                 method.on_epoch_start(ctx)
                 method.train()
-                sums: dict[str, torch.Tensor] = {}
-                progress.reset(steps_task, total=steps)
+                state.loss_sums, state.step_in_epoch = {}, 0
+                fire.before_epoch(state)
                 epoch_start = time.perf_counter()
                 for i, batch in enumerate(self._batches(method, data, stage, generator)):
                     lr = lr_at(stage, epoch * steps + i, steps)
@@ -201,52 +201,37 @@ class Trainer:
                     losses = self.step(method, batch, ctx, optimiser)
                     images_seen += len(batch.index)
                     for key, value in losses.items():
-                        sums[key] = sums.get(key, 0.0) + value.detach().float()
-                    if (i + 1) % DISPLAY_EVERY == 0 or i + 1 == steps:
-                        running = float(sums["loss"]) / (i + 1)
-                        if not math.isfinite(running):
-                            raise Diverged(epoch, {"loss": running})
-                        progress.update(steps_task, completed=i + 1, info=f"loss {running:.4g}")
+                        total = state.loss_sums.get(key, 0.0)
+                        state.loss_sums[key] = total + value.detach().float()
+                    state.step_in_epoch = i + 1
+                    fire.after_step(state)
                 method.on_epoch_end(ctx)
-                epoch_losses = {k: float(v) / steps for k, v in sums.items()}
-                if not all(math.isfinite(v) for v in epoch_losses.values()):
-                    raise Diverged(epoch, epoch_losses)
+                state.epoch_losses = {k: float(v) / steps for k, v in state.loss_sums.items()}
+                fire.before_validation(state)
                 ctx.val, _ = self.evaluate(method, data, "val")
-                record: dict[str, Any] = {
+                state.record = {
                     "epoch": epoch + 1,
                     "lr": lr,
                     "seconds": round(time.perf_counter() - epoch_start, 3),
-                    **{f"loss_{k}": v for k, v in epoch_losses.items()},
+                    **{f"loss_{k}": v for k, v in state.epoch_losses.items()},
                     **{f"val_{k}": v for k, v in ctx.val.items()},
                     **ctx.log,
                     **self._pseudo_label_error(method, ctx, data),
                 }
-                if _score(ctx.val) > best_r:
-                    best_r, best_epoch, best_state = (
-                        _score(ctx.val),
-                        epoch + 1,
-                        self._snapshot(method),
-                    )
-                record["best_epoch"] = best_epoch
-                history.append(record)
-                self._log(record)
-                if on_epoch is not None:
-                    on_epoch(epoch + 1, ctx.val)
-                progress.update(
-                    epochs_task,
-                    advance=1,
-                    info=f"val R {ctx.val['pearson_r']:.4f} (best {best_r:.4f})",
-                )
+                history.append(state.record)
+                fire.after_epoch(state)
+        finally:
+            fire.after_stage(state)
         train_seconds = time.perf_counter() - started
-        method.load_state_dict(best_state)
+        method.load_state_dict(best.weights)
         val, val_pred = self.evaluate(method, data, "val")
         test, test_pred = self.evaluate(method, data, "test")
         return FitResult(
-            best_epoch=best_epoch,
+            best_epoch=best.epoch,
             val=val,
             test=test,
             predictions={"val": val_pred, "test": test_pred},
-            state_dict={k: v.cpu() for k, v in best_state.items()},
+            state_dict={k: v.cpu() for k, v in best.weights.items()},
             history=history,
             train_seconds=train_seconds,
             images_seen=images_seen,
@@ -334,28 +319,6 @@ class Trainer:
         """``x`` in the memory format the networks are prepared in (channels_last on CUDA)."""
         return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
 
-    def _snapshot(self, method: Method) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in method.state_dict().items()}
-
-    def _log(self, record: dict[str, Any]) -> None:
-        if self.log_path is not None:
-            with self.log_path.open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
-
-    def _progress(self) -> Progress:
-        return Progress(
-            TextColumn("{task.description:>6}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=self.console,
-            disable=not self.show_progress,
-            transient=False,
-        )
-
 
 def lr_at(stage: StageConfig, step: int, steps_per_epoch: int) -> float:
     """The learning rate of optimiser step ``step`` (0-based, counted over the whole stage).
@@ -389,9 +352,3 @@ def _compiled(module: torch.nn.Module) -> bool:
     """Whether ``module.compile()`` has already run on ``module`` (torch keeps the compiled
     call in ``_compiled_call_impl``; compiling again would discard the compiled code)."""
     return module._compiled_call_impl is not None
-
-
-def _score(metrics: dict[str, float]) -> float:
-    """Selection score: validation Pearson R (NaN, e.g. a constant prediction, ranks last)."""
-    r = metrics["pearson_r"]
-    return r if math.isfinite(r) else -math.inf

@@ -26,7 +26,7 @@ from PIL import Image
 
 from bmdbench import cli, dispatch, store
 from bmdbench.errors import ConfigError
-from bmdbench.trainer import Trainer
+from bmdbench.hooks import EpochLog
 
 SMOKE = ["--preset", "smoke", "--backbone", "tiny", "--device", "cpu"]
 
@@ -254,10 +254,10 @@ def test_disk_full_while_writing_a_run_leaves_nothing_behind(
 
 
 def test_epoch_log_that_cannot_be_written_leaves_nothing_behind(bmdbench, earlier_out, monkeypatch):
-    def full(self, record):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.log_path))
+    def full(self, state):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
 
-    monkeypatch.setattr(Trainer, "_log", full)
+    monkeypatch.setattr(EpochLog, "after_epoch", full)
     before = listing(earlier_out)
     result = bmdbench("run", "-m", "baseline", *SMOKE, "--quiet", "--out", earlier_out)
     assert_clean_failure(result, 1, "the run stopped at", "epochs.jsonl", "No space left")
