@@ -5,6 +5,13 @@
 from bmdbench.methods import supervised, consistency_regularisation, self_training  # noqa: F401
 
 # isort: on
-from bmdbench.methods.base import METHODS, FitContext, Method, Regressor, describe
+from bmdbench.methods.base import (
+    METHODS,
+    FitContext,
+    Method,
+    Regressor,
+    RegressorFactory,
+    describe,
+)
 
-__all__ = ["METHODS", "FitContext", "Method", "Regressor", "describe"]
+__all__ = ["METHODS", "FitContext", "Method", "Regressor", "RegressorFactory", "describe"]

@@ -28,6 +28,7 @@ from bmdbench.methods.base import (
     Method,
     Range,
     Regressor,
+    RegressorFactory,
 )
 from bmdbench.methods.losses import gaussian_rampup, masked_mse
 
@@ -144,8 +145,13 @@ class MeanTeacher(_Consistency):
 
     teacher_targets: torch.Tensor  # the teacher's last prediction per pool image, NaN before
 
-    def __init__(self, regressor: Regressor, params: MeanTeacherParams) -> None:
-        super().__init__(regressor, params)
+    def __init__(
+        self,
+        regressor: Regressor,
+        params: MeanTeacherParams,
+        new_regressor: RegressorFactory | None = None,
+    ) -> None:
+        super().__init__(regressor, params, new_regressor)
         self.teacher = copy.deepcopy(regressor)
         self.teacher.requires_grad_(False)
 
