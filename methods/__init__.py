@@ -1,4 +1,6 @@
-"""Semi-supervised regression methods. Importing this package registers every method."""
+"""Semi-supervised regression methods. Importing this package registers every built-in method;
+those of installed plug-ins (entry-point group ``bmdbench.methods``, each naming a
+:class:`Method` subclass: README, "Adding a method") follow on the first lookup."""
 
 # isort: off
 # Importing these modules registers their methods; the import order is the listing order.

@@ -199,7 +199,12 @@ class Method(nn.Module):
         return {}
 
 
-METHODS: Registry[type[Method]] = Registry("method")
+METHODS: Registry[type[Method]] = Registry(
+    "method",
+    "bmdbench.methods",  # plug-ins: NAME = "module:MethodSubclass"
+    lambda obj: isinstance(obj, type) and issubclass(obj, Method),
+    "a Method subclass",
+)
 
 
 def describe(method: type[Method]) -> str:
