@@ -1,7 +1,12 @@
-"""Methods and backbones from installed packages (entry points)."""
+"""Methods and backbones from installed packages (entry points), and the example plug-in
+installed, listed, checked and run end to end."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -12,6 +17,7 @@ from bmdbench.errors import PluginError
 from bmdbench.registry import Registry
 
 GROUP = "bmdbench.test_plugins"  # a group of these tests' own: the real registries stay as they are
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "bmdbench-example-plugin"
 
 
 def distribution(root: Path, name: str, entry_points: str, module: str, source: str) -> None:
@@ -87,3 +93,35 @@ def test_a_plugin_that_registers_itself_too_is_told_to_drop_the_decorator(tmp_pa
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(PluginError, match="registers itself too"):
         registry.names()
+
+
+def run(*args: str, env: dict[str, str], cwd: Path | None = None) -> str:
+    done = subprocess.run(args, env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"{args}\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_the_example_plugin_installs_lists_passes_its_tests_and_runs(tmp_path):
+    source, site = tmp_path / "plugin", tmp_path / "site"
+    shutil.copytree(EXAMPLE, source)  # pip builds in the source folder: not in the repository's
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+    }
+    run(
+        sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+        "--no-index", "--target", str(site), str(source), env=env,
+    )  # fmt: skip
+    assert "huber" in run(sys.executable, "-m", "bmdbench.cli", "list", "methods", env=env)
+    # its own tests: check_method and the loss against hand numbers
+    run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", env=env, cwd=source)
+    out = tmp_path / "out"
+    run(
+        sys.executable, "-m", "bmdbench.cli", "run", "--method", "huber", "--backbone", "tiny",
+        "--preset", "smoke", "--device", "cpu", "--out", str(out), "--quiet",
+        "--set", "huber.delta=0.5", env=env,
+    )  # fmt: skip
+    (record_file,) = out.glob("runs/huber-*/record.json")
+    record = json.loads(record_file.read_text())
+    assert record["status"] == "ok" and record["config"]["hparams"] == {"delta": 0.5}
