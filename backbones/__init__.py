@@ -2,9 +2,11 @@
 
 Registered (in this order): ``vgg11_bn``, ``vgg13_bn``, ``vgg16_bn``,
 ``vgg11_bn_se`` (the paper's backbone), ``resnet18``, ``resnet34``,
-``resnet50`` and ``tiny`` (for tests). :func:`build_backbone` also accepts any
-timm model name (``timm.list_models()``), created with ``pretrained=False``
-and ``num_classes=0``. The regressor built on top is backbone → ``Linear(embed_dim, 1)``.
+``resnet50`` and ``tiny`` (for tests); those of installed plug-ins (entry-point group
+``bmdbench.backbones``, each naming a :data:`BackboneFactory`) follow on the first lookup.
+:func:`build_backbone` also accepts any timm model name (``timm.list_models()``), created
+with ``pretrained=False`` and ``num_classes=0``. The regressor built on top is backbone →
+``Linear(embed_dim, 1)``.
 """
 
 from __future__ import annotations

@@ -37,4 +37,9 @@ class Backbone(nn.Module):
 BackboneFactory = Callable[..., Backbone]
 """``factory(in_chans: int = 1) -> Backbone``."""
 
-BACKBONES: Registry[BackboneFactory] = Registry("backbone")
+BACKBONES: Registry[BackboneFactory] = Registry(
+    "backbone",
+    "bmdbench.backbones",  # plug-ins: NAME = "module:factory"
+    callable,
+    "a backbone factory, factory(in_chans: int = 1) -> Backbone",
+)

@@ -47,6 +47,13 @@ class OutputError(BmdError):
     exit_status = 1
 
 
+class PluginError(BmdError):
+    """An installed plug-in (an entry point of ``bmdbench.methods`` or ``bmdbench.backbones``)
+    that cannot be loaded: the message names its distribution."""
+
+    exit_status = 1
+
+
 class Diverged(Exception):
     """The loss became NaN or infinite (raised by the Trainer's DivergenceGuard hook; the
     run's status: diverged)."""

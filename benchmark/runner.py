@@ -224,15 +224,20 @@ def _inputs(cfg: RunConfig) -> tuple[ImageSet, Split, str]:
 
 
 def build_method(cfg: RunConfig, parent_dir: Path | None = None) -> Method:
-    """The regressor (stage-1 weights loaded when ``parent_dir`` is given) inside its method."""
-    regressor = Regressor(build_backbone(cfg.backbone, cfg.pretrained))
+    """The regressor (stage-1 weights loaded when ``parent_dir`` is given) inside its method,
+    which may build further regressors of the same backbone (``Method.new_regressor``)."""
+
+    def new_regressor() -> Regressor:
+        return Regressor(build_backbone(cfg.backbone, cfg.pretrained))
+
+    regressor = new_regressor()
     if parent_dir is not None:
         state = torch.load(parent_dir / store.CHECKPOINT, map_location="cpu", weights_only=True)
         prefix = "regressor."
         regressor.load_state_dict(
             {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         )
-    return METHODS.get(cfg.method)(regressor, cfg.hparams)
+    return METHODS.get(cfg.method)(regressor, cfg.hparams, new_regressor)
 
 
 def _train(

@@ -48,6 +48,10 @@ class Regressor(nn.Module):
             return embedding, self.head(embedding).squeeze(1)
 
 
+RegressorFactory = Callable[[], Regressor]
+"""``new_regressor()``: a fresh :class:`Regressor` of the run's backbone (:meth:`Method.new_regressor`)."""
+
+
 @dataclass
 class FitContext:
     """What the Trainer tells a method while it trains (read-only for methods, except ``log``)."""
@@ -118,6 +122,11 @@ class Method(nn.Module):
     ``unsupervised_terms`` names the returned loss parts that come from unlabeled
     images (before weighting): the contract test checks they alone give the
     student a gradient.
+
+    ``regressor`` is the run's network (stage-1 weights loaded for a stage-2 method);
+    ``new_regressor`` builds further networks of the run's backbone for a method that
+    trains several (see :meth:`new_regressor`). A subclass that overrides ``__init__``
+    takes and passes on all three arguments.
     """
 
     Params: ClassVar[type] = NoParams
@@ -126,15 +135,33 @@ class Method(nn.Module):
     two_stream: ClassVar[bool] = False  # stage 2: a fixed number of labeled images per batch
     unsupervised_terms: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, regressor: Regressor, params: Any) -> None:
+    def __init__(
+        self, regressor: Regressor, params: Any, new_regressor: RegressorFactory | None = None
+    ) -> None:
         super().__init__()
         self.regressor = regressor
         self.params = params
+        self._new_regressor = new_regressor
+
+    def new_regressor(self) -> Regressor:
+        """A further regressor of the run's backbone, freshly initialised (random weights, or
+        the run's ``--pretrained`` file; never the stage-1 checkpoint, which only
+        ``self.regressor`` holds: copy that for it). A method that trains several networks
+        (co-training, UCVME) calls this in ``__init__`` and assigns each network to an
+        attribute, so that it is trained (:meth:`trainable_parameters`), moved to the
+        device, compiled and checkpointed with the rest."""
+        if self._new_regressor is None:
+            raise TypeError(
+                f"{type(self).__name__} builds further regressors: construct it with "
+                "new_regressor=... (bmdbench.runner.build_method and "
+                "bmdbench.testing.check_method pass one)"
+            )
+        return self._new_regressor()
 
     @classmethod
     def min_batch_size(cls, params: Any) -> tuple[int, str]:
         """The smallest training batch this method's loss is defined on with ``params``,
-        and why (checked by :func:`bmdbench.config.validate` before a run starts)."""
+        and why (checked by :func:`bmdbench.spec.validate` before a run starts)."""
         return 2, "batch norm needs two images"
 
     def training_step(self, batch: Batch, ctx: FitContext) -> dict[str, torch.Tensor]:
@@ -145,7 +172,10 @@ class Method(nn.Module):
         return self.regressor(x)[1]
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        return (p for p in self.regressor.parameters() if p.requires_grad)
+        """What the optimiser steps: every parameter of the method that requires grad (the
+        regressor's and those of every further network). A network that is not trained by
+        gradients, as the mean teacher's teacher, is frozen with ``requires_grad_(False)``."""
+        return (p for p in self.parameters() if p.requires_grad)
 
     def on_stage_start(self, ctx: FitContext) -> None:
         """Before the first epoch, after stage-1 weights are loaded."""
@@ -169,7 +199,12 @@ class Method(nn.Module):
         return {}
 
 
-METHODS: Registry[type[Method]] = Registry("method")
+METHODS: Registry[type[Method]] = Registry(
+    "method",
+    "bmdbench.methods",  # plug-ins: NAME = "module:MethodSubclass"
+    lambda obj: isinstance(obj, type) and issubclass(obj, Method),
+    "a Method subclass",
+)
 
 
 def describe(method: type[Method]) -> str:

@@ -12,11 +12,12 @@ exp(−5(1−t)²).
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
+from functools import partial
 from typing import ClassVar
 
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 from bmdbench.config import at_least, between
 from bmdbench.data.module import Batch
@@ -28,6 +29,7 @@ from bmdbench.methods.base import (
     Method,
     Range,
     Regressor,
+    RegressorFactory,
 )
 from bmdbench.methods.losses import gaussian_rampup, masked_mse
 
@@ -144,9 +146,18 @@ class MeanTeacher(_Consistency):
 
     teacher_targets: torch.Tensor  # the teacher's last prediction per pool image, NaN before
 
-    def __init__(self, regressor: Regressor, params: MeanTeacherParams) -> None:
-        super().__init__(regressor, params)
-        self.teacher = copy.deepcopy(regressor)
+    def __init__(
+        self,
+        regressor: Regressor,
+        params: MeanTeacherParams,
+        new_regressor: RegressorFactory | None = None,
+    ) -> None:
+        super().__init__(regressor, params, new_regressor)
+        # The teacher: torch's AveragedModel of the student's weights and batch-norm statistics
+        # (its network is ``teacher.module``). Its first update copies the student, so it is
+        # made here, and every after_step averages, from the stage-1 weights on.
+        self.teacher = AveragedModel(regressor, use_buffers=True)
+        self.teacher.update_parameters(regressor)
         self.teacher.requires_grad_(False)
 
     def on_stage_start(self, ctx: FitContext) -> None:
@@ -177,13 +188,8 @@ class MeanTeacher(_Consistency):
 
     @torch.no_grad()
     def after_step(self, ctx: FitContext) -> None:
-        decay = self.ema_decay(ctx)
-        student = self.regressor.state_dict()
-        for name, teacher_value in self.teacher.state_dict().items():
-            if teacher_value.is_floating_point():
-                teacher_value.mul_(decay).add_(student[name].detach(), alpha=1 - decay)
-            else:
-                teacher_value.copy_(student[name])
+        self.teacher.multi_avg_fn = partial(ema_update, decay=self.ema_decay(ctx))
+        self.teacher.update_parameters(self.regressor)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.teacher(x)[1]
@@ -193,3 +199,24 @@ class MeanTeacher(_Consistency):
         pool image's second view, recorded during training (predicting the whole pool again
         after every epoch only for this diagnostic cost a fifth of stage 2's time)."""
         return self.teacher_targets
+
+
+def ema_update(
+    teacher: list[torch.Tensor],
+    student: list[torch.Tensor],
+    n_averaged: torch.Tensor | int,
+    *,
+    decay: float,
+) -> None:
+    """AveragedModel's ``multi_avg_fn`` for the mean teacher, on tensors of one device and
+    dtype: teacher ← decay·teacher + (1 − decay)·student for floating-point tensors,
+    multiplied, then added (Tarvainen & Valpola's arithmetic); integer buffers (batch norm's
+    ``num_batches_tracked``) are copied. The library's EMA functions (torch's
+    ``get_ema_avg_fn``, ``get_ema_multi_avg_fn`` and timm's ``ModelEmaV3``, which lerp) round
+    differently in the last bit and would change the published numbers."""
+    if teacher[0].is_floating_point():
+        torch._foreach_mul_(teacher, decay)
+        torch._foreach_add_(teacher, student, alpha=1 - decay)
+    else:
+        for teacher_value, student_value in zip(teacher, student, strict=True):
+            teacher_value.copy_(student_value)

@@ -20,7 +20,7 @@ def method(name: str) -> Method:
 def test_compile_compiles_every_regressor_once_in_place():
     trainer = Trainer(CPU, show_progress=False, compile=True)
     teacher_student = trainer.prepare(method("mean_teacher"))
-    backbones = [teacher_student.regressor.backbone, teacher_student.teacher.backbone]
+    backbones = [teacher_student.regressor.backbone, teacher_student.teacher.module.backbone]
     compiled = [b._compiled_call_impl for b in backbones]
     assert all(c is not None for c in compiled)
     trainer.prepare(teacher_student)  # a second fit keeps the compiled code

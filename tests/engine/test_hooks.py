@@ -12,7 +12,8 @@ import torch
 from rich.console import Console
 
 from bmdbench.backbones import build_backbone
-from bmdbench.config import AugmentConfig, SplitConfig, StageConfig, resolve
+from bmdbench.config import AugmentConfig, SplitConfig, StageConfig
+from bmdbench.spec import resolve
 from bmdbench.data.augment import BatchAugment
 from bmdbench.data.module import DataModule
 from bmdbench.data.splits import make_split

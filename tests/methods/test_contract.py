@@ -1,82 +1,107 @@
-"""The contract every registered method must meet (STYLE.md, principle 5)."""
+"""The contract every registered method must meet (STYLE.md, principle 5), run by
+:func:`bmdbench.testing.check_method`, and the checker's own tests: it catches what it is
+there to catch."""
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Iterator
+
 import pytest
 import torch
+from torch import nn
 
 from bmdbench.backbones import build_backbone
-from bmdbench.config import AugmentConfig, SplitConfig, StageConfig
-from bmdbench.data.augment import BatchAugment
-from bmdbench.data.module import DataModule
-from bmdbench.data.splits import make_split
-from bmdbench.methods import METHODS, Method, Regressor
+from bmdbench.data.module import Batch
+from bmdbench.methods import METHODS, FitContext, Method, Regressor
+from bmdbench.methods.consistency_regularisation import ConsistencyParams, MeanTeacher
+from bmdbench.methods.losses import masked_mse
+from bmdbench.runner import build_method
 from bmdbench.spec import resolve
-from bmdbench.trainer import Trainer, seed_everything
+from bmdbench.testing import check_method
 
-STAGE = StageConfig(epochs=1, lr=1e-3, lr_drop_epoch=None, batch_size=8)
-CPU = torch.device("cpu")
-
-
-def build(name: str, imageset) -> tuple[Method, DataModule, Trainer]:
-    seed_everything(0)
-    cfg = resolve(name, "tiny", "smoke")
-    method = METHODS.get(name)(Regressor(build_backbone("tiny")), cfg.hparams)
-    split = make_split(imageset, SplitConfig(val=8, test=8))
-    return method, DataModule(imageset, split, CPU), Trainer(CPU, show_progress=False)
+BUILT_IN = [name for name in METHODS if METHODS.get(name).__module__.startswith("bmdbench.")]
 
 
 def test_every_method_is_tested():
-    assert set(METHODS) == {
+    assert set(BUILT_IN) == {
         "baseline", "triplet", "atl", "pi_model", "temporal_ensembling", "mean_teacher",
         "pseudo_label", "pseudo_label_atl", "proposed", "proposed_no_consistency",
     }  # fmt: skip
 
 
-@pytest.mark.parametrize("name", list(METHODS))
-def test_gradients_reach_every_parameter_and_unsupervised_terms_train_the_student(name, imageset):
-    method, data, trainer = build(name, imageset)
-    ctx = trainer.context(method, data, STAGE, BatchAugment(AugmentConfig()))
-    ctx.val, _ = trainer.evaluate(method, data, "val")
-    ctx.val["pearson_r"] = 0.5  # let self-training refresh its pseudo labels at epoch start
-    method.on_stage_start(ctx)
-    method.on_epoch_start(ctx)
-    method.train()
-    batch = next(data.train_batches(64, method.stage == 2, torch.Generator().manual_seed(0)))
-    if method.stage == 2:
-        assert (~batch.labeled).any(), "stage-2 batches mix in unlabeled images"
-    method.training_step(batch, ctx)
-    method.on_epoch_end(ctx)  # temporal ensembling needs one ensemble update for a target
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_method_meets_the_contract(name):
+    check_method(METHODS.get(name))
 
-    losses = method.training_step(batch, ctx)
-    assert all(torch.isfinite(v).all() for v in losses.values()), losses
-    method.zero_grad()
-    losses["loss"].backward()
-    for pname, p in method.regressor.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), (
-            f"{name}: no gradient for {pname}"
+
+class CoTraining(Method):
+    """Two co-trained regressors: MSE for each, consistency between their predictions."""
+
+    Params = ConsistencyParams
+    stage = 2
+    unsupervised_terms = ("consistency",)
+
+    def __init__(self, regressor: Regressor, params: ConsistencyParams, new_regressor=None):
+        super().__init__(regressor, params, new_regressor)
+        self.second = self.new_regressor()
+
+    def training_step(self, batch: Batch, ctx: FitContext) -> dict[str, torch.Tensor]:
+        _, pred_first = self.regressor(ctx.augment(batch.images))
+        _, pred_second = self.second(ctx.augment(batch.images))
+        mse = masked_mse(pred_first, batch.targets, batch.labeled) + masked_mse(
+            pred_second, batch.targets, batch.labeled
         )
-    assert any(p.grad.abs().sum() > 0 for p in method.regressor.parameters())
+        consistency = (pred_first - pred_second).pow(2).mean()
+        return {"loss": mse + consistency, "mse": mse, "consistency": consistency}
 
-    if method.unsupervised_terms:
-        method.zero_grad()
-        losses = method.training_step(batch, ctx)
-        unsupervised = sum(losses[t] for t in method.unsupervised_terms)
-        unsupervised.backward()
-        student = sum(
-            p.grad.abs().sum() for p in method.regressor.parameters() if p.grad is not None
-        )
-        assert student > 0, f"{name}: the unsupervised terms alone give the student no gradient"
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.regressor(x)[1] + self.second(x)[1]) / 2
 
 
-@pytest.mark.parametrize("name", list(METHODS))
-def test_same_seed_same_numbers(name, imageset):
-    results = []
-    for _ in range(2):
-        method, data, trainer = build(name, imageset)
-        generator = seed_everything(3)
-        fit = trainer.fit(method, data, STAGE, BatchAugment(AugmentConfig()), generator)
-        results.append((fit.val, fit.test, fit.history[-1]["loss_loss"]))
-    assert results[0] == results[1]
-    assert np.isfinite(results[0][2])
+def test_a_method_with_two_networks_meets_the_contract():
+    check_method(CoTraining)
+
+
+def test_build_method_gives_a_method_further_networks_of_the_runs_backbone(monkeypatch):
+    monkeypatch.setitem(METHODS._entries, "co_training", CoTraining)
+    method = build_method(resolve("co_training", "tiny", "smoke"))
+    assert isinstance(method.second, Regressor)
+    assert type(method.second.backbone) is type(method.regressor.backbone)
+    assert not torch.equal(method.second.head.weight, method.regressor.head.weight)  # fresh
+    trainable = {id(p) for p in method.trainable_parameters()}
+    assert trainable == {id(p) for p in method.parameters()}
+
+
+def test_a_method_without_a_factory_says_how_to_build_one():
+    with pytest.raises(TypeError, match="new_regressor="):
+        CoTraining(Regressor(build_backbone("tiny")), ConsistencyParams())
+
+
+class ForgetsTheSecondNetwork(CoTraining):
+    """Co-training whose optimiser would step the first regressor only."""
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return self.regressor.parameters()
+
+
+def test_check_method_catches_a_network_left_out_of_the_optimiser():
+    with pytest.raises(AssertionError, match=r"left out of trainable_parameters\(\).*second\."):
+        check_method(ForgetsTheSecondNetwork)
+
+
+class TeacherOnBothSides(MeanTeacher):
+    """USB's Mean Teacher bug: the consistency term's both sides come from the teacher."""
+
+    def training_step(self, batch: Batch, ctx: FitContext) -> dict[str, torch.Tensor]:
+        _, student = self.regressor(ctx.augment(batch.images))
+        with torch.no_grad():
+            _, teacher_view1 = self.teacher(ctx.augment(batch.images))
+            _, teacher_view2 = self.teacher(ctx.augment(batch.images))
+        mse = masked_mse(student, batch.targets, batch.labeled)
+        consistency = (teacher_view1 - teacher_view2).pow(2).mean()
+        return {"loss": mse + consistency, "mse": mse, "consistency": consistency}
+
+
+def test_check_method_catches_an_unsupervised_term_that_trains_nothing():
+    with pytest.raises(AssertionError, match="alone give the trainable parameters no gradient"):
+        check_method(TeacherOnBothSides)

@@ -59,7 +59,7 @@ def test_mean_teacher_ema_update():
     params = MeanTeacherParams(ema_decay_rampup=0.99, ema_decay=0.999, rampup=0.5)
     method = MeanTeacher(Regressor(build_backbone("tiny")), params)
     student_w = method.regressor.head.weight
-    teacher_w = method.teacher.head.weight
+    teacher_w = method.teacher.module.head.weight
     assert torch.equal(student_w, teacher_w)  # the teacher starts as the stage-1 model
     with torch.no_grad():
         teacher_w.fill_(1.0)
@@ -76,10 +76,10 @@ def test_mean_teacher_ema_update():
 def test_mean_teacher_predicts_with_the_teacher():
     method = MeanTeacher(Regressor(build_backbone("tiny")), MeanTeacherParams())
     with torch.no_grad():
-        method.teacher.head.bias.fill_(100.0)
+        method.teacher.module.head.bias.fill_(100.0)
     method.eval()
     x = torch.rand(2, 1, 16, 16)
-    assert torch.allclose(method.predict(x), method.teacher(x)[1])
+    assert torch.allclose(method.predict(x), method.teacher.module(x)[1])
     assert not torch.allclose(method.predict(x), method.regressor(x)[1])
 
 
@@ -87,8 +87,8 @@ def test_mean_teacher_reports_the_targets_it_trained_on():
     method = MeanTeacher(Regressor(build_backbone("tiny")), MeanTeacherParams())
     method.on_stage_start(ctx_stub(pool_size=4))
     with torch.no_grad():
-        method.teacher.head.weight.zero_()
-        method.teacher.head.bias.fill_(2.5)  # the teacher predicts 2.5 for every view
+        method.teacher.module.head.weight.zero_()
+        method.teacher.module.head.bias.fill_(2.5)  # the teacher predicts 2.5 for every view
     images = torch.rand(2, 1, 16, 16)
     batch = SimpleNamespace(
         images=images,
