@@ -48,7 +48,8 @@ ROI_COLUMNS = ("roi_x0", "roi_y0", "roi_x1", "roi_y1")
 COLUMNS = ("image", "id", "target", "patient_id", "split", *ROI_COLUMNS, "unit", "line", "where")
 """Columns of :func:`read_manifest`'s table."""
 MAX_TARGET = 1e6
-"""Largest |target| accepted: beyond it squared errors lose precision (and it is no BMD)."""
+"""Largest |target| accepted: beyond it squared errors lose precision (and it is no BMD).
+Targets and their squares stay far inside float32 (3.4e38), the dtype of the device."""
 
 _ROI_FIX = (
     "fill all four of roi_x0, roi_y0, roi_x1, roi_y1 in pixels (x0, y0 top-left, inclusive; "

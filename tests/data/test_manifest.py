@@ -13,7 +13,7 @@ from PIL import Image
 from rich.table import Table
 
 from bmdbench.data.check import check_manifest, render_summary, sparkline
-from bmdbench.data.manifest import load_manifest, read_manifest
+from bmdbench.data.manifest import MAX_TARGET, load_manifest, read_manifest
 from bmdbench.errors import DataError
 
 SIZE = 4
@@ -241,11 +241,16 @@ def test_bad_target(tmp_path: Path, value: str) -> None:
     assert "empty" in err.fix
 
 
-@pytest.mark.parametrize("value", ["1e300", "-2e6", "1000001"])
+@pytest.mark.parametrize("value", ["1e300", "-1e300", "3.5e38", "-2e6", "1000001"])
 def test_target_out_of_range(tmp_path: Path, value: str) -> None:
     path = manifest(tmp_path, "image,target,patient_id", "a.png,1,p1", f"b.png,{value},p2")
     err = raises_at(path, 3, f"target '{value}' is out of range")
     assert "unit" in err.fix
+
+
+def test_accepted_targets_fit_float32() -> None:
+    """What passes the range check cannot overflow on the device, squared or not."""
+    assert np.isfinite(np.float32(MAX_TARGET) ** 2)
 
 
 def test_duplicate_image(tmp_path: Path) -> None:

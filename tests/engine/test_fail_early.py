@@ -167,16 +167,19 @@ def test_grid_and_tune_resolve_every_run_before_they_start(bmdbench, tmp_path):
     assert listing(out) is None
 
 
-def test_manifest_target_out_of_range_names_the_row(bmdbench, tmp_path):
+@pytest.mark.parametrize("target", ["1e300", "-1e300", "3.5e38"])  # 3.5e38: inf in float32
+def test_manifest_target_out_of_range_names_the_row(bmdbench, tmp_path, target):
     rows = ["image,target,patient_id"]
     for i in range(30):
         Image.fromarray(np.full((8, 8), 10 + i, np.uint8)).save(tmp_path / f"{i}.png")
-        rows.append(f"{i}.png,{'1e300' if i == 7 else 0.5 + i / 100},p{i}")
+        rows.append(f"{i}.png,{target if i == 7 else 0.5 + i / 100},p{i}")
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("\n".join(rows) + "\n")
     out = tmp_path / "results"
+    words = (f"{manifest} line 9", f"target '{target}' is out of range")
     result = bmdbench("run", "-m", "baseline", *SMOKE, "--data", manifest, "--out", out)
-    assert_clean_failure(result, 2, f"{manifest} line 9", "target '1e300' is out of range")
+    assert_clean_failure(result, 2, *words)
+    assert_clean_failure(bmdbench("data", "check", manifest), 2, *words)
     assert listing(out) is None
 
 
