@@ -24,7 +24,9 @@ Other columns (``sex``, ...) are ignored. Every problem is a :class:`DataError`
 naming the file and its line (the header is line 1), raised at the first one
 found, before anything is decoded or cached. Images not in the manifest's
 ``image`` column may come from a second source (``unlabeled`` of :func:`load_manifest`): a
-folder of images or a CSV with at least an ``image`` column.
+folder of images or a CSV with at least an ``image`` column. That no unlabeled image is of a
+validation or test patient, or has the content of a validation or test image, is checked
+once the split is known (:func:`bmdbench.data.splits.make_split`).
 """
 
 from __future__ import annotations
@@ -40,12 +42,15 @@ import pandas as pd
 from bmdbench.config import stable_hash
 from bmdbench.data.cache import decode_all
 from bmdbench.data.images import IMAGE_SUFFIXES, Roi
-from bmdbench.data.imageset import SPLITS, ImageSet
+from bmdbench.data.imageset import SPLITS, ImageFiles, ImageSet
 from bmdbench.errors import DataError
 
 REQUIRED_COLUMNS = ("image", "target", "patient_id")
 ROI_COLUMNS = ("roi_x0", "roi_y0", "roi_x1", "roi_y1")
-COLUMNS = ("image", "id", "target", "patient_id", "split", *ROI_COLUMNS, "unit", "line", "where")
+COLUMNS = (
+    "image", "id", "target", "patient_id", "patient_given", "split", *ROI_COLUMNS, "unit",
+    "line", "where",
+)  # fmt: skip
 """Columns of :func:`read_manifest`'s table."""
 MAX_TARGET = 1e6
 """Largest |target| accepted: beyond it squared errors lose precision (and it is no BMD).
@@ -63,7 +68,8 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     Columns (:data:`COLUMNS`): ``image`` (absolute, normalised path; symbolic
     links are not resolved, so two links to one file count as two images), ``id`` (the
     ``image`` cell as written), ``target`` (float, NaN where empty),
-    ``patient_id`` (str), ``split`` (str, "" where empty or absent),
+    ``patient_id`` (str), ``patient_given`` (bool: False where a CSV of unlabeled
+    images left it to the file stem), ``split`` (str, "" where empty or absent),
     ``roi_x0..roi_y1`` (float, NaN for the whole image), ``unit`` (str, "" where
     empty or absent), ``line`` (1-based CSV line; the header is line 1) and
     ``where`` (``"<path> line <n>"``, for messages). Checks everything but the
@@ -146,6 +152,11 @@ def _image_set(
         source=source,
         unit=units.iloc[0] if len(units) else "",
         fingerprint=fingerprint,
+        files=ImageFiles(
+            digests=np.array(digests, dtype=str),
+            rows=rows["where"].to_numpy(dtype=str),
+            patient_given=rows["patient_given"].to_numpy(dtype=bool),
+        ),
     )
 
 
@@ -161,8 +172,10 @@ def _unlabeled_rows(source: Path) -> pd.DataFrame:
     ``.tiff`` and ``.dcm`` file below it (recursively, sorted by path, hidden
     files skipped); its id is the path relative to the folder and its patient
     id the file stem. A CSV needs an ``image`` column; ``patient_id`` (default:
-    the file stem) and the ROI columns are read as in a manifest; ``target``
-    and ``split`` are ignored.
+    the file stem) and the ROI columns are read as in a manifest; ``target``,
+    ``split`` and ``unit`` are ignored. A patient id taken from the stem is not a
+    given one (``patient_given`` False): the split's overlap check does not compare it
+    with the manifest's patients, only the image's content.
     """
     if source.is_dir():
         rows = _folder_rows(source)
@@ -196,6 +209,7 @@ def _folder_rows(folder: Path) -> pd.DataFrame:
             "image": [os.path.abspath(p) for p in files],
             "id": [p.relative_to(folder).as_posix() for p in files],
             "patient_id": [p.stem for p in files],
+            "patient_given": False,
             "line": 0,
             "where": f"{folder} (unlabeled images)",
         }
@@ -303,6 +317,7 @@ class _RowParser:
             )
         self.first_line[image] = line
         patient = row.get("patient_id", "").strip()
+        patient_given = bool(patient)
         if not patient and not self.labeled:
             patient = Path(image).stem
         if not patient:
@@ -326,6 +341,7 @@ class _RowParser:
             "id": written,
             "target": target,
             "patient_id": patient,
+            "patient_given": patient_given,
             "split": split,
             **dict(zip(ROI_COLUMNS, roi, strict=True)),
             "unit": unit,
@@ -340,8 +356,8 @@ class _RowParser:
         if earlier != split:
             raise fail(
                 f"patient {patient!r} is in split {split!r} here but in {earlier!r} on line {first}",
-                "give all of a patient's images the same split (an image without a target "
-                "may be in train, val or test: it is used as unlabeled)",
+                "give all of a patient's images the same split (images without a target count "
+                "as unlabeled, and val and test patients may have none)",
             )
 
     def _unit(self, unit: str, line: int, fail: Callable[[str, str], DataError]) -> str:
