@@ -81,6 +81,14 @@ ConfigFile = Annotated[
     Path | None, typer.Option("--config", help="TOML file of settings (below --set in precedence).")
 ]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
+AllowOverlap = Annotated[
+    bool,
+    typer.Option(
+        "--allow-overlap",
+        help="Drop unlabeled images of val/test patients (or copies of their images) "
+        "with a warning instead of failing (split.allow_overlap).",
+    ),
+]
 
 
 @app.command()
@@ -103,6 +111,7 @@ def run(
     ] = None,
     n_val: Annotated[float | None, typer.Option("--n-val", help="Validation images.")] = None,
     n_test: Annotated[float | None, typer.Option("--n-test", help="Test images.")] = None,
+    allow_overlap: AllowOverlap = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Train one method on one backbone; print its metrics and the run directory."""
@@ -113,6 +122,8 @@ def run(
     for key, value in (("split.train", n_labeled), ("split.val", n_val), ("split.test", n_test)):
         if value is not None:
             overrides[key] = value
+    if allow_overlap:
+        overrides["split.allow_overlap"] = True
     overrides.update(parse_set(set_ or []))
     cfg = resolve(
         method,
@@ -214,6 +225,7 @@ def grid(
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Run failed or diverged cells again.")
     ] = False,
+    allow_overlap: AllowOverlap = False,
 ) -> None:
     """Run the cells of a paper table (or a custom grid); resumes where it stopped."""
     from bmdbench.dispatch import default_storage, open_storage
@@ -225,6 +237,8 @@ def grid(
             f"--workers {workers} is not a positive count", "give --workers 1 or more"
         )
     store.check_out(out, "runs", "grids")
+    if allow_overlap:
+        set_ = [*(set_ or []), "split.allow_overlap=true"]
     cells = _grid_cells(table, methods, backbones, seeds, preset, data, unlabeled, device, set_)
     plan = make_plan(cells, out)  # every cell checked as `bmdbench run` would
     url = storage or default_storage(out)
@@ -351,6 +365,7 @@ def tune(
     seeds: Annotated[
         int, typer.Option("--seeds", help="With --equal-budget: seeds of the final comparison.")
     ] = 3,
+    allow_overlap: AllowOverlap = False,
 ) -> None:
     """Search hyperparameters with Optuna (objective: validation R); re-running continues."""
     from bmdbench.config import default_preset, parse_set
@@ -369,6 +384,8 @@ def tune(
         summarise,
     )
 
+    if allow_overlap:
+        set_ = [*(set_ or []), "split.allow_overlap=true"]
     sets = tuple(sorted(parse_set(set_ or []).items()))
     if timeout is not None and not timeout > 0:
         raise ConfigError(f"--timeout {timeout} is not a positive time", "give seconds > 0")

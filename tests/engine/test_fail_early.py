@@ -183,6 +183,50 @@ def test_manifest_target_out_of_range_names_the_row(bmdbench, tmp_path, target):
     assert listing(out) is None
 
 
+def _overlapping_manifest(manifest_factory, folder: Path) -> Path:
+    """A manifest whose unlabeled rows hold 8 clean images and one of test patient test1."""
+    clean = [f"u{j}.png,,u{j},unlabeled" for j in range(8)]
+    return manifest_factory(folder, ["later.png,,test1,", *clean])
+
+
+def test_test_patients_images_in_the_unlabeled_pool(bmdbench, tmp_path, manifest_factory):
+    manifest = _overlapping_manifest(manifest_factory, tmp_path / "data")
+    out = tmp_path / "results"
+    words = (f"{manifest} line 22: later.png (patient 'test1' is in test)", "--allow-overlap")
+    smoke = ["--preset", "smoke", "--device", "cpu", "--data", manifest, "--out", out]
+    for command in (
+        ["run", "-m", "pi_model", "-b", "tiny"],
+        ["grid", "--methods", "pi_model", "--backbones", "tiny"],
+        ["tune", "lr", "-m", "pi_model", "-b", "tiny"],
+    ):
+        assert_clean_failure(bmdbench(*command, *smoke), 2, *words)
+        assert listing(out) is None
+    # --allow-overlap reaches the runs of a grid and a search: they fail later, at --storage
+    for command in (
+        ["grid", "--methods", "pi_model", "--backbones", "tiny"],
+        ["tune", "lr", "-m", "pi_model", "-b", "tiny"],
+    ):
+        with pytest.warns(UserWarning, match="dropped from the unlabeled pool"):
+            result = bmdbench(*command, *smoke, "--allow-overlap", "--storage", "notaurl")
+        assert_clean_failure(result, 2, "cannot open storage 'notaurl'")
+
+
+def test_allow_overlap_drops_them_and_the_run_goes_on(bmdbench, tmp_path, manifest_factory):
+    manifest = _overlapping_manifest(manifest_factory, tmp_path / "data")
+    args = ["run", "-m", "pi_model", *SMOKE, "--data", manifest, "--out", tmp_path / "results"]
+    dropped = r"dropped from the unlabeled pool \(--allow-overlap\): 1 image of .*later\.png"
+    with pytest.warns(UserWarning, match=dropped):
+        result = bmdbench(*args, "--allow-overlap", "--quiet")
+    assert result.status == 0, result.err
+    run_dir = Path(result.out.strip().splitlines()[-1])
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["status"] == "ok" and record["config"]["split"]["allow_overlap"] is True
+    assert record["data"]["sizes"] == {"train": 12, "val": 4, "test": 4, "unlabeled": 8}
+    assert "later.png" not in json.loads((run_dir / "split.json").read_text())["unlabeled"]
+    assert record["data"]["unit"] == "g/cm²"  # the manifest's unit column
+    assert "values are in g/cm²" in result.out
+
+
 # --- errors instead of tracebacks ---------------------------------------------------------
 
 
