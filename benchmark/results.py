@@ -61,11 +61,18 @@ _NOT_THE_CELL = ("seed", "device", "compile")  # config keys that runs of one ce
 def signature(config: dict[str, Any]) -> str:
     """What the runs of one cell share: the resolved config without seed, device and
     compile (how a run executes is not what it is; records from before ``compile`` existed
-    lack the key)."""
-    stripped = {k: v for k, v in config.items() if k not in _NOT_THE_CELL}
+    lack the key), nor ``split.allow_overlap`` (what it drops shows in the data's
+    fingerprints; records from before it lack the key)."""
+    stripped = _the_cell(config)
     if stripped.get("parent") is not None:
-        stripped["parent"] = {k: v for k, v in stripped["parent"].items() if k not in _NOT_THE_CELL}
+        stripped["parent"] = _the_cell(stripped["parent"])
     return stable_hash(stripped)[:16]
+
+
+def _the_cell(config: dict[str, Any]) -> dict[str, Any]:
+    stripped = {k: v for k, v in config.items() if k not in _NOT_THE_CELL}
+    split = {k: v for k, v in stripped.get("split", {}).items() if k != "allow_overlap"}
+    return {**stripped, "split": split} if "split" in stripped else stripped
 
 
 def load_runs(out: str | Path) -> pd.DataFrame:

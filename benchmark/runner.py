@@ -82,6 +82,7 @@ def config_hash(cfg: RunConfig, images: ImageSet, split: Split) -> str:
     config = to_dict(cfg)
     for irrelevant in ("device", "preset", "compile"):
         config.pop(irrelevant)
+    config["split"].pop("allow_overlap")  # what it drops is in the split's fingerprint
     if spec.stage == 1:
         for stage2_only in ("stage2", "unlabeled"):
             config.pop(stage2_only)

@@ -12,8 +12,10 @@ import sys
 import time
 
 from bmdbench import store
+from bmdbench.config import to_dict
 from bmdbench.grid import Cell, custom_cells, table_cells, with_parents
 from bmdbench.paper_tables import TABLES
+from bmdbench.results import signature
 
 BASE = Cell("", "", 0, "smoke", device="cpu")
 
@@ -55,6 +57,11 @@ def test_a_changed_preset_makes_new_cells(monkeypatch):
     )
     compiled = Cell("mean_teacher", "tiny", 0, "smoke", sets=(("compile", "true"),))
     assert compiled.key == Cell("mean_teacher", "tiny", 0, "smoke").key  # nor compile
+    overlap = Cell("mean_teacher", "tiny", 0, "smoke", sets=(("split.allow_overlap", "true"),))
+    assert overlap.key == Cell("mean_teacher", "tiny", 0, "smoke").key  # nor allow_overlap
+    record = to_dict(Cell("mean_teacher", "tiny", 0, "smoke").config())
+    del record["split"]["allow_overlap"], record["parent"]["split"]["allow_overlap"]
+    assert signature(record) == signature(to_dict(overlap.config()))  # a record from before
 
 
 def test_table_cells_follow_the_paper():
