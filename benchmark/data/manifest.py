@@ -68,8 +68,8 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     Columns (:data:`COLUMNS`): ``image`` (absolute, normalised path; symbolic
     links are not resolved, so two links to one file count as two images), ``id`` (the
     ``image`` cell as written), ``target`` (float, NaN where empty),
-    ``patient_id`` (str), ``patient_given`` (bool: False where a CSV of unlabeled
-    images left it to the file stem), ``split`` (str, "" where empty or absent),
+    ``patient_id`` (str), ``patient_given`` (bool: True in a manifest; False
+    where a CSV of unlabeled images leaves it to the file stem), ``split`` (str, "" where empty or absent),
     ``roi_x0..roi_y1`` (float, NaN for the whole image), ``unit`` (str, "" where
     empty or absent), ``line`` (1-based CSV line; the header is line 1) and
     ``where`` (``"<path> line <n>"``, for messages). Checks everything but the
@@ -98,8 +98,9 @@ def load_manifest(
     given split ``unlabeled``; an image in both sources is an error.
     ``require_unlabeled`` makes a set without any unlabeled image an error.
     Images are ``(image_size, image_size)``, see :func:`bmdbench.data.images.decode_bytes`.
-    ``unit`` is the manifest's ``unit`` column ("" without one). The fingerprint hashes each image's content digest, target, patient,
-    split and ROI, in order.
+    ``unit`` is the manifest's ``unit`` column ("" without one); ``files`` holds each image's
+    content digest, row and whether its patient id was given. The fingerprint hashes each
+    image's content digest, target, patient, split and ROI, in order.
     """
     path = Path(path)
     rows = read_manifest(path)
