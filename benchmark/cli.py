@@ -85,6 +85,14 @@ ConfigFile = Annotated[
     Path | None, typer.Option("--config", help="TOML file of settings (below --set in precedence).")
 ]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
+AllowOverlap = Annotated[
+    bool,
+    typer.Option(
+        "--allow-overlap",
+        help="Drop unlabeled images of val/test patients (or copies of their images) "
+        "with a warning instead of failing (split.allow_overlap).",
+    ),
+]
 
 
 @app.command()
@@ -107,6 +115,7 @@ def run(
     ] = None,
     n_val: Annotated[float | None, typer.Option("--n-val", help="Validation images.")] = None,
     n_test: Annotated[float | None, typer.Option("--n-test", help="Test images.")] = None,
+    allow_overlap: AllowOverlap = False,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Train one method on one backbone; print its metrics and the run directory."""
@@ -122,6 +131,8 @@ def run(
     ):
         if value is not None:
             overrides[key] = value
+    if allow_overlap:
+        overrides["split.allow_overlap"] = True
     overrides.update(parse_set(set_ or []))
     spec = RunSpec.of(
         method,
@@ -191,6 +202,7 @@ def grid(
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Run failed or diverged cells again.")
     ] = False,
+    allow_overlap: AllowOverlap = False,
 ) -> None:
     """Run the cells of a paper table (or a custom grid); resumes where it stopped."""
     from bmdbench.config import parse_set
@@ -203,6 +215,8 @@ def grid(
             f"--workers {workers} is not a positive count", "give --workers 1 or more"
         )
     store.check_out(out, "runs", "grids")
+    if allow_overlap:
+        set_ = [*(set_ or []), "split.allow_overlap=true"]
     base = _base(preset, data, unlabeled, device)
     sets = parse_set(set_ or [])
     cells = cells_for(table, _names(methods), _names(backbones), seeds, sets, base)
@@ -318,6 +332,7 @@ def tune(
     seeds: Annotated[
         int, typer.Option("--seeds", help="With --equal-budget: seeds of the final comparison.")
     ] = 3,
+    allow_overlap: AllowOverlap = False,
 ) -> None:
     """Search hyperparameters with Optuna (objective: validation R); re-running continues."""
     from bmdbench.config import parse_set
@@ -335,6 +350,8 @@ def tune(
     )
     from bmdbench.tune import equal_budget as tune_equal_budget
 
+    if allow_overlap:
+        set_ = [*(set_ or []), "split.allow_overlap=true"]
     sets = tuple(sorted(parse_set(set_ or []).items()))
     if timeout is not None and not timeout > 0:
         raise ConfigError(f"--timeout {timeout} is not a positive time", "give seconds > 0")

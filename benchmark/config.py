@@ -138,6 +138,9 @@ class SplitConfig:
     # draw the labeled training subset and validation split anew for each training seed;
     # the test set stays fixed
     redraw: bool = False
+    # unlabeled images of validation or test patients, or with the content of a validation
+    # or test image: False, an error naming them; True, dropped from the pool with a warning
+    allow_overlap: bool = False
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ class ManifestSummary:
     patients: int
     splits: dict[str, int] | None  # images per `split` value ("" = empty cell); None: no column
     targets: TargetStats | None  # None when no image is labeled
+    unit: str  # the targets' unit (the `unit` column); "" when not given
     sizes: tuple[tuple[str, int], ...]  # ("W×H", images), most frequent first, then ("others", n)
     bit_depths: dict[int, int]  # bits per sample → images
     formats: dict[str, int]  # "PNG", "JPEG", "TIFF", "DICOM", ... → images
@@ -75,6 +76,7 @@ def check_manifest(
         patients=len(set(images.patient_ids.tolist())),
         splits=dict(Counter(rows["split"]).most_common()) if has_split else None,
         targets=_target_stats(labeled) if len(labeled) else None,
+        unit=images.unit,
         sizes=tuple(sizes),
         bit_depths=dict(sorted(Counter(h.bits for h in headers).items())),
         formats=dict(Counter(h.format for h in headers).most_common()),
@@ -125,6 +127,7 @@ def render_summary(summary: ManifestSummary) -> Table:
             f"{t.min:.4g} ▕{sparkline(t.histogram)}▏ {t.max:.4g}  "
             f"({' '.join(str(c) for c in t.histogram)})",
         )
+    table.add_row("unit", summary.unit or "not given (add a `unit` column)")
     table.add_row("image sizes", ", ".join(f"{size} ({n})" for size, n in summary.sizes))
     table.add_row(
         "bit depths", ", ".join(f"{bits}-bit ({n})" for bits, n in summary.bit_depths.items())

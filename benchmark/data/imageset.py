@@ -10,6 +10,16 @@ SPLITS = ("train", "val", "test", "unlabeled")
 
 
 @dataclass(frozen=True)
+class ImageFiles:
+    """The files behind an :class:`ImageSet`'s images, for checks across images
+    (:func:`bmdbench.data.splits.make_split`) and their messages. Arrays of length N."""
+
+    digests: np.ndarray  # (N,) str: SHA-256 of each file's content (hex)
+    rows: np.ndarray  # (N,) str: where each is listed ("m.csv line 5", for messages)
+    patient_given: np.ndarray  # (N,) bool: False where the patient id is the file's stem
+
+
+@dataclass(frozen=True)
 class ImageSet:
     """Decoded, resized images and their labels, before any split.
 
@@ -17,7 +27,8 @@ class ImageSet:
     see (NaN for unlabeled images); ``truth`` is the true value where known
     (the synthetic phantoms' true BMD, or the label itself), NaN where not, and
     is used for diagnostics only. ``given_split`` holds a manifest's ``split``
-    column ("" where absent).
+    column ("" where absent). ``files`` describes the image files (None for the
+    synthetic phantoms, which have none).
     """
 
     images: np.ndarray  # (N, H, W) uint8, or uint16 where a source has more than 8 bits
@@ -29,12 +40,16 @@ class ImageSet:
     source: str  # "synthetic" or the manifest's path
     unit: str  # unit of the target, for display ("g/cm²" for BMD; "" if unknown)
     fingerprint: str  # content hash of images, targets and patients (SHA-256 hex)
+    files: ImageFiles | None = None  # the files the images were decoded from
 
     def __post_init__(self) -> None:
         n = len(self.images)
         for name in ("targets", "truth", "patient_ids", "ids", "given_split"):
             assert len(getattr(self, name)) == n, f"ImageSet.{name} has the wrong length"
         assert self.images.ndim == 3 and self.images.dtype in (np.uint8, np.uint16)
+        if self.files is not None:
+            for name in ("digests", "rows", "patient_given"):
+                assert len(getattr(self.files, name)) == n, f"ImageFiles.{name}: wrong length"
 
     def __len__(self) -> int:
         return len(self.images)

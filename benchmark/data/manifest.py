@@ -16,12 +16,17 @@ Optional columns:
 - ``roi_x0, roi_y0, roi_x1, roi_y1``: the region of interest in pixels of the
   original image (x0, y0 inclusive, x1, y1 exclusive); all four columns or
   none, and per row all four cells or none (the whole image).
+- ``unit``: the targets' unit (``g/cm²``), printed with the metrics and written to the
+  run record (``data.unit``) for tables and plots; its non-empty cells must all be the
+  same (empty cells, e.g. of unlabeled rows, are allowed). Without it the unit is "".
 
 Other columns (``sex``, ...) are ignored. Every problem is a :class:`DataError`
 naming the file and its line (the header is line 1), raised at the first one
 found, before anything is decoded or cached. Images not in the manifest's
 ``image`` column may come from a second source (``unlabeled`` of :func:`load_manifest`): a
-folder of images or a CSV with at least an ``image`` column.
+folder of images or a CSV with at least an ``image`` column. That no unlabeled image is of a
+validation or test patient, or has the content of a validation or test image, is checked
+once the split is known (:func:`bmdbench.data.splits.make_split`).
 """
 
 from __future__ import annotations
@@ -37,15 +42,19 @@ import pandas as pd
 from bmdbench.config import stable_hash
 from bmdbench.data.cache import decode_all
 from bmdbench.data.images import IMAGE_SUFFIXES, Roi
-from bmdbench.data.imageset import SPLITS, ImageSet
+from bmdbench.data.imageset import SPLITS, ImageFiles, ImageSet
 from bmdbench.errors import DataError
 
 REQUIRED_COLUMNS = ("image", "target", "patient_id")
 ROI_COLUMNS = ("roi_x0", "roi_y0", "roi_x1", "roi_y1")
-COLUMNS = ("image", "id", "target", "patient_id", "split", *ROI_COLUMNS, "line", "where")
+COLUMNS = (
+    "image", "id", "target", "patient_id", "patient_given", "split", *ROI_COLUMNS, "unit",
+    "line", "where",
+)  # fmt: skip
 """Columns of :func:`read_manifest`'s table."""
 MAX_TARGET = 1e6
-"""Largest |target| accepted: beyond it squared errors lose precision (and it is no BMD)."""
+"""Largest |target| accepted: beyond it squared errors lose precision (and it is no BMD).
+Targets and their squares stay far inside float32 (3.4e38), the dtype of the device."""
 
 _ROI_FIX = (
     "fill all four of roi_x0, roi_y0, roi_x1, roi_y1 in pixels (x0, y0 top-left, inclusive; "
@@ -59,14 +68,16 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     Columns (:data:`COLUMNS`): ``image`` (absolute, normalised path; symbolic
     links are not resolved, so two links to one file count as two images), ``id`` (the
     ``image`` cell as written), ``target`` (float, NaN where empty),
-    ``patient_id`` (str), ``split`` (str, "" where empty or absent),
-    ``roi_x0..roi_y1`` (float, NaN for the whole image), ``line`` (1-based CSV
-    line; the header is line 1) and ``where`` (``"<path> line <n>"``, for
-    messages). Checks everything but the images' contents: the file parses,
-    the required columns exist, every image file exists, targets are finite
-    numbers within ±:data:`MAX_TARGET` or empty, splits are known and consistent
-    per patient, ROIs are complete and ordered, no image is listed twice, and there
-    is at least one row.
+    ``patient_id`` (str), ``patient_given`` (bool: True in a manifest; False
+    where a CSV of unlabeled images leaves it to the file stem), ``split`` (str, "" where empty or absent),
+    ``roi_x0..roi_y1`` (float, NaN for the whole image), ``unit`` (str, "" where
+    empty or absent), ``line`` (1-based CSV line; the header is line 1) and
+    ``where`` (``"<path> line <n>"``, for messages). Checks everything but the
+    images' contents: the file parses, the required columns exist, every image
+    file exists, targets are finite numbers within ±:data:`MAX_TARGET` or empty,
+    splits are known and consistent per patient, ROIs are complete and ordered,
+    the unit is the same on every row that gives one, no image is listed twice,
+    and there is at least one row.
     """
     return _read_rows(Path(path), labeled=True)
 
@@ -87,8 +98,9 @@ def load_manifest(
     given split ``unlabeled``; an image in both sources is an error.
     ``require_unlabeled`` makes a set without any unlabeled image an error.
     Images are ``(image_size, image_size)``, see :func:`bmdbench.data.images.decode_bytes`.
-    The fingerprint hashes each image's content digest, target, patient,
-    split and ROI, in order.
+    ``unit`` is the manifest's ``unit`` column ("" without one); ``files`` holds each image's
+    content digest, row and whether its patient id was given. The fingerprint hashes each
+    image's content digest, target, patient, split and ROI, in order.
     """
     path = Path(path)
     rows = read_manifest(path)
@@ -122,6 +134,7 @@ def _image_set(
     )
     patient_ids = rows["patient_id"].to_numpy(dtype=str)
     splits = rows["split"].to_numpy(dtype=str)
+    units = rows.loc[rows["unit"] != "", "unit"]  # one value: checked by the row parser
     fingerprint = stable_hash(
         [
             [digest, None if math.isnan(t) else t, patient, split, roi]
@@ -138,8 +151,13 @@ def _image_set(
         ids=rows["id"].to_numpy(dtype=str),
         given_split=splits,
         source=source,
-        unit="",
+        unit=units.iloc[0] if len(units) else "",
         fingerprint=fingerprint,
+        files=ImageFiles(
+            digests=np.array(digests, dtype=str),
+            rows=rows["where"].to_numpy(dtype=str),
+            patient_given=rows["patient_given"].to_numpy(dtype=bool),
+        ),
     )
 
 
@@ -155,8 +173,10 @@ def _unlabeled_rows(source: Path) -> pd.DataFrame:
     ``.tiff`` and ``.dcm`` file below it (recursively, sorted by path, hidden
     files skipped); its id is the path relative to the folder and its patient
     id the file stem. A CSV needs an ``image`` column; ``patient_id`` (default:
-    the file stem) and the ROI columns are read as in a manifest; ``target``
-    and ``split`` are ignored.
+    the file stem) and the ROI columns are read as in a manifest; ``target``,
+    ``split`` and ``unit`` are ignored. A patient id taken from the stem is not a
+    given one (``patient_given`` False): the split's overlap check does not compare it
+    with the manifest's patients, only the image's content.
     """
     if source.is_dir():
         rows = _folder_rows(source)
@@ -190,12 +210,14 @@ def _folder_rows(folder: Path) -> pd.DataFrame:
             "image": [os.path.abspath(p) for p in files],
             "id": [p.relative_to(folder).as_posix() for p in files],
             "patient_id": [p.stem for p in files],
+            "patient_given": False,
             "line": 0,
             "where": f"{folder} (unlabeled images)",
         }
     )
     for column in ROI_COLUMNS:
         rows[column] = np.nan
+    rows["unit"] = ""
     return rows
 
 
@@ -254,7 +276,7 @@ def _read_rows(path: Path, labeled: bool) -> pd.DataFrame:
     if table.empty:
         raise DataError(f"{path} lists no images", "add one row per image below the header")
     parse = _RowParser(path, labeled)
-    used = [c for c in (*REQUIRED_COLUMNS, "split", *ROI_COLUMNS) if c in table.columns]
+    used = [c for c in (*REQUIRED_COLUMNS, "split", *ROI_COLUMNS, "unit") if c in table.columns]
     columns = [table[c].tolist() for c in used]
     records = [
         parse(line, dict(zip(used, cells, strict=True)))
@@ -272,6 +294,7 @@ class _RowParser:
         self.labeled = labeled
         self.first_line: dict[str, int] = {}  # absolute image path → line
         self.patient_split: dict[str, tuple[str, int]] = {}  # patient → (split, line)
+        self.unit: tuple[str, int] | None = None  # (unit, line) of the first row giving one
 
     def __call__(self, line: int, row: dict[str, str]) -> dict[str, object]:
         where = f"{self.path} line {line}"
@@ -295,6 +318,7 @@ class _RowParser:
             )
         self.first_line[image] = line
         patient = row.get("patient_id", "").strip()
+        patient_given = bool(patient)
         if not patient and not self.labeled:
             patient = Path(image).stem
         if not patient:
@@ -312,13 +336,16 @@ class _RowParser:
         if split:
             self._check_patient(patient, split, line, fail)
         roi = self._roi(row, fail)
+        unit = self._unit(row.get("unit", "").strip(), line, fail) if self.labeled else ""
         return {
             "image": image,
             "id": written,
             "target": target,
             "patient_id": patient,
+            "patient_given": patient_given,
             "split": split,
             **dict(zip(ROI_COLUMNS, roi, strict=True)),
+            "unit": unit,
             "line": line,
             "where": where,
         }
@@ -330,9 +357,22 @@ class _RowParser:
         if earlier != split:
             raise fail(
                 f"patient {patient!r} is in split {split!r} here but in {earlier!r} on line {first}",
-                "give all of a patient's images the same split (an image without a target "
-                "may be in train, val or test: it is used as unlabeled)",
+                "give all of a patient's images the same split (images without a target count "
+                "as unlabeled, and val and test patients may have none)",
             )
+
+    def _unit(self, unit: str, line: int, fail: Callable[[str, str], DataError]) -> str:
+        if not unit:
+            return ""
+        if self.unit is None:
+            self.unit = (unit, line)
+        first, first_line = self.unit
+        if unit != first:
+            raise fail(
+                f"unit {unit!r} differs from {first!r} on line {first_line}",
+                "give every row the same unit (that of the targets), or leave the cell empty",
+            )
+        return unit
 
     def _roi(self, row: dict[str, str], fail: Callable[[str, str], DataError]) -> tuple[float, ...]:
         cells = [row.get(c, "").strip() for c in ROI_COLUMNS]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,7 +15,8 @@ from bmdbench.errors import DataError
 @dataclass(frozen=True)
 class Split:
     """Indices into an ImageSet. ``unlabeled`` holds images whose targets methods never see:
-    images without a label, and labeled images beyond the label budget (``SplitConfig.train``)."""
+    images without a label, and labeled images beyond the label budget (``SplitConfig.train``);
+    never an image of a validation or test patient, nor one with a val or test image's content."""
 
     train: np.ndarray
     val: np.ndarray
@@ -45,6 +47,13 @@ def make_split(images: ImageSet, cfg: SplitConfig, seed: int = 0) -> Split:
     a stream of (``cfg.seed``, ``seed``), so each training seed sees its own labeled
     subset and validation split while the test set stays fixed. (A manifest's split
     column fixes val; only the budget draw varies then.)
+
+    The unlabeled pool then may not hold an image of a validation or test patient (by
+    patient id, where one was given: see :class:`~bmdbench.data.imageset.ImageFiles`) or
+    the content of a validation or test image (its file's SHA-256: the same file under
+    another path, or a copy). Such images are a :class:`DataError` naming them, or, with
+    ``cfg.allow_overlap``, dropped from the pool with a warning. The label budget's hidden
+    images are of training patients by construction.
     """
     labeled = images.labeled & (images.given_split != "unlabeled")
     always_unlabeled = np.flatnonzero(~labeled)
@@ -66,6 +75,7 @@ def make_split(images: ImageSet, cfg: SplitConfig, seed: int = 0) -> Split:
         train, hidden = _take_patients(images.patient_ids, train, n_train, draw)
     unlabeled = np.sort(np.concatenate([hidden, always_unlabeled]).astype(np.int64))
     _check_disjoint_patients(images, train, val, test)
+    unlabeled = _without_held_out(images, unlabeled, val, test, cfg.allow_overlap)
     parts = {"train": train, "val": val, "test": test, "unlabeled": unlabeled}
     ids = {name: images.ids[idx].tolist() for name, idx in parts.items()}
     return Split(
@@ -162,3 +172,56 @@ def _check_disjoint_patients(
                     "give all of a patient's images the same split",
                 )
             seen[patient] = name
+
+
+_NAMED = 3  # images a message names before "and N more"
+
+
+def _without_held_out(
+    images: ImageSet, unlabeled: np.ndarray, val: np.ndarray, test: np.ndarray, allow: bool
+) -> np.ndarray:
+    """``unlabeled`` less the images of val or test patients (ids given, not file stems) and
+    those with the content of a val or test image; an error naming them unless ``allow``."""
+    held_out = np.concatenate([val, test])
+    files = images.files
+    overlap = np.isin(images.patient_ids[unlabeled], images.patient_ids[held_out])
+    if files is not None:
+        overlap &= files.patient_given[unlabeled]
+        overlap |= np.isin(files.digests[unlabeled], files.digests[held_out])
+    found = unlabeled[overlap]
+    if not len(found):
+        return unlabeled
+    parts = {"val": val, "test": test}
+    named = "; ".join(_why(images, int(i), parts) for i in found[:_NAMED])
+    more = f"; and {len(found) - _NAMED} more" if len(found) > _NAMED else ""
+    what = (
+        f"{len(found)} image{'s' if len(found) > 1 else ''} of validation or test patients, "
+        "or with the content of a validation or test image"
+    )
+    if not allow:
+        raise DataError(
+            f"the unlabeled pool holds {what}: {named}{more}",
+            "remove them from the unlabeled images, or pass --allow-overlap "
+            "(split.allow_overlap=true) to drop them from the pool",
+        )
+    warnings.warn(
+        f"dropped from the unlabeled pool (--allow-overlap): {what}: {named}{more}", stacklevel=3
+    )
+    return unlabeled[~overlap]
+
+
+def _why(images: ImageSet, i: int, parts: dict[str, np.ndarray]) -> str:
+    """Where unlabeled image ``i`` is listed and the val or test image or patient it repeats."""
+    files = images.files
+    where = images.ids[i] if files is None else f"{files.rows[i]}: {images.ids[i]}"
+    patient = str(images.patient_ids[i])
+    for name, idx in parts.items():
+        if (files is None or files.patient_given[i]) and (images.patient_ids[idx] == patient).any():
+            return f"{where} (patient {patient!r} is in {name})"
+    assert files is not None
+    for name, idx in parts.items():
+        same = idx[files.digests[idx] == files.digests[i]]
+        if len(same):
+            j = int(same[0])
+            return f"{where} (the content of {name} image {images.ids[j]}, {files.rows[j]})"
+    raise AssertionError(f"unlabeled image {i} repeats no val or test image")

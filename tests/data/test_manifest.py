@@ -13,7 +13,7 @@ from PIL import Image
 from rich.table import Table
 
 from bmdbench.data.check import check_manifest, render_summary, sparkline
-from bmdbench.data.manifest import load_manifest, read_manifest
+from bmdbench.data.manifest import MAX_TARGET, load_manifest, read_manifest
 from bmdbench.errors import DataError
 
 SIZE = 4
@@ -89,6 +89,22 @@ def test_read_manifest_table(tmp_path: Path) -> None:
     assert rows["line"].tolist() == [2, 4]  # the blank line 3 is counted
     assert rows.loc[0, ["roi_x0", "roi_y0", "roi_x1", "roi_y1"]].tolist() == [0, 1, 4, 5]
     assert math.isnan(rows.loc[1, "roi_x0"]) and rows["split"].tolist() == ["", ""]
+    assert rows["unit"].tolist() == ["", ""]
+
+
+def test_unit_column(tmp_path: Path) -> None:
+    path = manifest(
+        tmp_path,
+        "image,target,patient_id,unit",
+        "a.png,0.8,p1,g/cm²",
+        "b.png,,p2,",  # an unlabeled row may leave it empty
+        "c.png,0.9,p3, g/cm² ",
+    )
+    assert load_manifest(path, SIZE).unit == "g/cm²"
+    assert check_manifest(path, image_size=SIZE).unit == "g/cm²"
+    extra = tmp_path / "extra.csv"  # a CSV of unlabeled images: its unit column is ignored
+    extra.write_text(f"image,unit\n{png(tmp_path / 'd.png', 40)},mg\n")
+    assert load_manifest(path, SIZE, unlabeled=extra).unit == "g/cm²"
 
 
 def test_roi_is_cropped(tmp_path: Path) -> None:
@@ -225,11 +241,16 @@ def test_bad_target(tmp_path: Path, value: str) -> None:
     assert "empty" in err.fix
 
 
-@pytest.mark.parametrize("value", ["1e300", "-2e6", "1000001"])
+@pytest.mark.parametrize("value", ["1e300", "-1e300", "3.5e38", "-2e6", "1000001"])
 def test_target_out_of_range(tmp_path: Path, value: str) -> None:
     path = manifest(tmp_path, "image,target,patient_id", "a.png,1,p1", f"b.png,{value},p2")
     err = raises_at(path, 3, f"target '{value}' is out of range")
     assert "unit" in err.fix
+
+
+def test_accepted_targets_fit_float32() -> None:
+    """What passes the range check cannot overflow on the device, squared or not."""
+    assert np.isfinite(np.float32(MAX_TARGET) ** 2)
 
 
 def test_duplicate_image(tmp_path: Path) -> None:
@@ -246,6 +267,14 @@ def test_patient_in_two_splits(tmp_path: Path) -> None:
         "c.png,3,p1,test",
     )
     raises_at(path, 4, "patient 'p1' is in split 'test' here but in 'train' on line 2")
+
+
+def test_units_that_differ(tmp_path: Path) -> None:
+    path = manifest(
+        tmp_path, "image,target,patient_id,unit", "a.png,0.8,p1,g/cm²", "b.png,0.9,p2,g/cm2"
+    )
+    err = raises_at(path, 3, "unit 'g/cm2' differs from 'g/cm²' on line 2")
+    assert "same unit" in err.fix
 
 
 def test_unknown_split(tmp_path: Path) -> None:

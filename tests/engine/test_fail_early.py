@@ -9,6 +9,7 @@ folder that is unchanged (or was never created).
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import shutil
@@ -167,17 +168,65 @@ def test_grid_and_tune_resolve_every_run_before_they_start(bmdbench, tmp_path):
     assert listing(out) is None
 
 
-def test_manifest_target_out_of_range_names_the_row(bmdbench, tmp_path):
+@pytest.mark.parametrize("target", ["1e300", "-1e300", "3.5e38"])  # 3.5e38: inf in float32
+def test_manifest_target_out_of_range_names_the_row(bmdbench, tmp_path, target):
     rows = ["image,target,patient_id"]
     for i in range(30):
         Image.fromarray(np.full((8, 8), 10 + i, np.uint8)).save(tmp_path / f"{i}.png")
-        rows.append(f"{i}.png,{'1e300' if i == 7 else 0.5 + i / 100},p{i}")
+        rows.append(f"{i}.png,{target if i == 7 else 0.5 + i / 100},p{i}")
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("\n".join(rows) + "\n")
     out = tmp_path / "results"
+    words = (f"{manifest} line 9", f"target '{target}' is out of range")
     result = bmdbench("run", "-m", "baseline", *SMOKE, "--data", manifest, "--out", out)
-    assert_clean_failure(result, 2, f"{manifest} line 9", "target '1e300' is out of range")
+    assert_clean_failure(result, 2, *words)
+    assert_clean_failure(bmdbench("data", "check", manifest), 2, *words)
     assert listing(out) is None
+
+
+def _overlapping_manifest(manifest_factory, folder: Path) -> Path:
+    """A manifest whose unlabeled rows hold 8 clean images and one of test patient test1."""
+    clean = [f"u{j}.png,,u{j},unlabeled" for j in range(8)]
+    return manifest_factory(folder, ["later.png,,test1,", *clean])
+
+
+def test_test_patients_images_in_the_unlabeled_pool(bmdbench, tmp_path, manifest_factory):
+    manifest = _overlapping_manifest(manifest_factory, tmp_path / "data")
+    out = tmp_path / "results"
+    words = (f"{manifest} line 22: later.png (patient 'test1' is in test)", "--allow-overlap")
+    smoke = ["--preset", "smoke", "--device", "cpu", "--data", manifest, "--out", out]
+    for command in (
+        ["run", "-m", "pi_model", "-b", "tiny"],
+        ["grid", "--methods", "pi_model", "--backbones", "tiny"],
+        ["tune", "lr", "-m", "pi_model", "-b", "tiny"],
+    ):
+        assert_clean_failure(bmdbench(*command, *smoke), 2, *words)
+        assert listing(out) is None
+    # --allow-overlap reaches the runs of a grid and a search: they fail later, at --storage
+    for command in (
+        ["grid", "--methods", "pi_model", "--backbones", "tiny"],
+        ["tune", "lr", "-m", "pi_model", "-b", "tiny"],
+    ):
+        with pytest.warns(UserWarning, match="dropped from the unlabeled pool"):
+            result = bmdbench(*command, *smoke, "--allow-overlap", "--storage", "notaurl")
+        assert_clean_failure(result, 2, "cannot open storage 'notaurl'")
+
+
+def test_allow_overlap_drops_them_and_the_run_goes_on(bmdbench, tmp_path, manifest_factory):
+    manifest = _overlapping_manifest(manifest_factory, tmp_path / "data")
+    args = ["run", "-m", "pi_model", *SMOKE, "--data", manifest, "--out", tmp_path / "results"]
+    dropped = r"dropped from the unlabeled pool \(--allow-overlap\): 1 image of .*later\.png"
+    with pytest.warns(UserWarning, match=dropped):
+        result = bmdbench(*args, "--allow-overlap", "--quiet")
+    assert result.status == 0, result.err
+    run_dir = Path(result.out.strip().splitlines()[-1])
+    record = store.read_record(run_dir)
+    assert record is not None
+    assert record.ok and record.config["split"]["allow_overlap"] is True
+    assert record.data.sizes == {"train": 12, "val": 4, "test": 4, "unlabeled": 8}
+    assert "later.png" not in json.loads((run_dir / "split.json").read_text())["unlabeled"]
+    assert record.data.unit == "g/cm²"  # the manifest's unit column
+    assert "values are in g/cm²" in result.out
 
 
 # --- errors instead of tracebacks ---------------------------------------------------------
@@ -207,7 +256,9 @@ def test_out_that_is_a_file_or_not_writable(bmdbench, tmp_path, monkeypatch):
 def _finished_run(folder: Path, epochs: str) -> Path:
     folder.mkdir(parents=True)
     # a finished run's record (format 1) with the files beside it that a test needs
-    shutil.copy(Path(__file__).with_name("records") / "format1-pi_model.json", folder / store.RECORD)
+    shutil.copy(
+        Path(__file__).with_name("records") / "format1-pi_model.json", folder / store.RECORD
+    )
     (folder / "predictions_test.csv").write_text("id,target,prediction\na,0.7,0.71\nb,0.9,0.85\n")
     (folder / "epochs.jsonl").write_text(epochs)
     return folder

@@ -13,13 +13,13 @@ from rich.console import Console
 
 from bmdbench.backbones import build_backbone
 from bmdbench.config import AugmentConfig, SplitConfig, StageConfig
-from bmdbench.spec import resolve
 from bmdbench.data.augment import BatchAugment
 from bmdbench.data.module import DataModule
 from bmdbench.data.splits import make_split
 from bmdbench.errors import Diverged, Pruned
 from bmdbench.hooks import DISPLAY_EVERY, BestCheckpoint, DivergenceGuard, FitState, Hook, Pruning
 from bmdbench.methods import METHODS, Regressor
+from bmdbench.spec import resolve
 from bmdbench.trainer import FitResult, Trainer, seed_everything
 
 CPU = torch.device("cpu")

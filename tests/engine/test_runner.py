@@ -83,6 +83,12 @@ def test_compile_says_how_a_run_executes_not_what_it_is():
     assert runner._inputs(run())[2] == runner._inputs(run(compile="true"))[2]
 
 
+def test_allow_overlap_is_not_what_a_run_is():
+    """What split.allow_overlap drops shows in the split's fingerprint; where it drops nothing
+    the run is the same (and leaving it out keeps the hashes of runs from before it)."""
+    assert runner._inputs(run())[2] == runner._inputs(run(**{"split.allow_overlap": "true"}))[2]
+
+
 def test_diverged_run_is_recorded(tmp_path, monkeypatch):
     def nan_step(self, batch, ctx):
         loss = self.regressor(batch.images)[1].mean() * float("nan")

@@ -12,7 +12,9 @@ import sys
 import time
 
 from bmdbench import store
+from bmdbench.config import to_dict
 from bmdbench.grid import custom_cells, table_cells, with_parents
+from bmdbench.identity import signature
 from bmdbench.paper_tables import TABLES
 from bmdbench.spec import RunSpec
 
@@ -58,6 +60,11 @@ def test_a_changed_preset_makes_new_cells(monkeypatch):
     )
     compiled = RunSpec("mean_teacher", "tiny", "smoke", seed=0, settings=(("compile", "true"),))
     assert compiled.key == RunSpec("mean_teacher", "tiny", "smoke", seed=0).key  # nor compile
+    overlap = RunSpec("mean_teacher", "tiny", "smoke", settings=(("split.allow_overlap", "true"),))
+    assert overlap.key == RunSpec("mean_teacher", "tiny", "smoke").key  # nor allow_overlap
+    record = to_dict(RunSpec("mean_teacher", "tiny", "smoke").config)
+    del record["split"]["allow_overlap"], record["parent"]["split"]["allow_overlap"]
+    assert signature(record) == overlap.signature  # a record from before
 
 
 def test_table_cells_follow_the_paper():
