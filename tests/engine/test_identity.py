@@ -84,3 +84,18 @@ def test_a_record_without_later_keys_still_has_an_identity():
     config = to_dict(BASE.config)
     del config["compile"], config["parent"]["compile"]  # written before `compile` existed
     assert identity.signature(config) == BASE.signature
+
+
+def test_run_directories_keep_the_hashes_of_records_written_before_runspec():
+    import json
+    from pathlib import Path
+
+    from bmdbench.data import sources
+
+    # record.json of `bmdbench run -m pi_model -b tiny -p smoke --device cpu` at 0d81f48
+    written = json.loads(
+        (Path(__file__).with_name("records") / "format1-pi_model.json").read_text()
+    )
+    spec = RunSpec("pi_model", "tiny", "smoke", device="cpu")
+    images, split = sources.load_inputs(spec.config)
+    assert config_hash(spec.config, images, split) == written["config_hash"]
