@@ -85,6 +85,12 @@ ConfigFile = Annotated[
     Path | None, typer.Option("--config", help="TOML file of settings (below --set in precedence).")
 ]
 Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda | cuda:N.")]
+Budgets = Annotated[
+    str | None,
+    typer.Option(
+        "--n-labeled", help="With labels: comma-separated label budgets (e.g. 50,100,200)."
+    ),
+]
 AllowOverlap = Annotated[
     bool,
     typer.Option(
@@ -176,7 +182,10 @@ def _base(preset: str | None, data: str, unlabeled: str | None, device: str) -> 
 def grid(
     table: Annotated[
         str | None,
-        typer.Argument(help="table1 | table2 | table3 | table4 | all (omit for a custom grid)."),
+        typer.Argument(
+            help="table1 | table2 | table3 | table4 | all, or labels (a label-budget grid "
+            "with --methods and --n-labeled); omit for a custom grid."
+        ),
     ] = None,
     methods: Annotated[
         str | None, typer.Option("--methods", help="Custom grid: comma-separated methods.")
@@ -189,6 +198,7 @@ def grid(
         ),
     ] = None,
     seeds: Annotated[int, typer.Option("--seeds", help="Seeds 0..N-1 per cell.")] = 1,
+    n_labeled: Budgets = None,
     preset: Preset = None,
     data: Data = "synthetic",
     unlabeled: Unlabeled = None,
@@ -205,6 +215,7 @@ def grid(
     allow_overlap: AllowOverlap = False,
 ) -> None:
     """Run the cells of a paper table (or a custom grid); resumes where it stopped."""
+    from bmdbench.budgets import parse_budgets
     from bmdbench.config import parse_set
     from bmdbench.dispatch import default_storage, open_storage
     from bmdbench.errors import ConfigError
@@ -219,7 +230,8 @@ def grid(
         set_ = [*(set_ or []), "split.allow_overlap=true"]
     base = _base(preset, data, unlabeled, device)
     sets = parse_set(set_ or [])
-    cells = cells_for(table, _names(methods), _names(backbones), seeds, sets, base)
+    budgets = parse_budgets(n_labeled) if n_labeled is not None else []
+    cells = cells_for(table, _names(methods), _names(backbones), seeds, sets, base, budgets)
     plan = make_plan(cells, out)  # every cell checked as `bmdbench run` would
     url = storage or default_storage(out)
     open_storage(url)  # a bad URL or a missing driver: before the plan is shown
@@ -253,7 +265,13 @@ def worker(
 
 @app.command()
 def table(
-    name: Annotated[str, typer.Argument(help="table1 | table2 | table3 | table4 | all.")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="table1 | table2 | table3 | table4 | all; labels (a label-budget grid's table "
+            "and figure, with its --methods and --n-labeled); tune (a study's trials)."
+        ),
+    ],
     fmt: Annotated[
         str | None,
         typer.Option("--format", help="md | latex | csv (default: all three)."),
@@ -270,15 +288,32 @@ def table(
         str | None, typer.Option("--study", help="With 'tune': the study to export.")
     ] = None,
     storage: Storage = None,
+    methods: Annotated[
+        str | None, typer.Option("--methods", help="With 'labels': the grid's methods.")
+    ] = None,
+    n_labeled: Budgets = None,
 ) -> None:
     """Print a paper table (or a study's trials: tune --study NAME) from the runs under OUT
-    and write OUT/tables/<table>.<ext>."""
+    and write OUT/tables/<table>.<ext>; 'labels' also writes OUT/figures/labels.{png,pdf}."""
     from bmdbench.config import parse_set
+    from bmdbench.errors import ConfigError
     from bmdbench.tables import FORMATS, publish
 
     formats = FORMATS if fmt is None else (fmt,)
+    if fmt is not None and fmt not in FORMATS:
+        raise ConfigError(f"unknown format {fmt!r}", f"use one of: {', '.join(FORMATS)}")
     store.check_out(out, "tables")
-    if name == "tune":
+    if name == "labels":
+        from bmdbench import budgets
+        from bmdbench.grid import cells_for
+
+        chosen = budgets.parse_budgets(n_labeled)
+        sets = parse_set(set_ or [])
+        base = _base(preset, data, unlabeled, "auto")
+        cells = cells_for("labels", _names(methods), _names(backbones), 1, sets, base, chosen)
+        base = replace(base, backbone=cells[0].backbone)
+        paths = budgets.publish(out, _names(methods), chosen, sets, base, formats)
+    elif name == "tune":
         from bmdbench.tune import export_study
 
         paths = export_study(study, storage, out, formats, out_console)

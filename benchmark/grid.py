@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +37,32 @@ def cells_for(
     seeds: int,
     sets: dict[str, str],
     base: RunSpec,
+    budgets: Sequence[float] = (),
 ) -> list[RunSpec]:
     """The cells ``bmdbench grid`` (and ``bmdbench table``) names: a paper table's
     (``table``: table1..table4 or all; ``backbones`` at most one, replacing the paper's in
-    Tables 2–4) or a custom grid's (every method × backbone), each over seeds 0..seeds-1."""
+    Tables 2–4), a label-budget grid's (``table`` "labels": every method at every one of
+    ``budgets``, on one backbone, :mod:`bmdbench.budgets`) or a custom grid's (every method ×
+    backbone), each over seeds 0..seeds-1."""
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds} is not a positive count", "give --seeds 1 or more")
+    if table == "labels":
+        from bmdbench.budgets import budget_cells
+
+        if not methods or not budgets or len(backbones) > 1:
+            raise ConfigError(
+                "a label-budget grid needs --methods, --n-labeled and at most one --backbones",
+                "e.g. bmdbench grid labels --methods baseline,mean_teacher "
+                "--n-labeled 50,100,200 --seeds 3",
+            )
+        backbone = backbones[0] if backbones else PAPER_BACKBONE
+        return budget_cells(methods, budgets, seeds, sets, replace(base, backbone=backbone))
+    if budgets:
+        raise ConfigError(
+            "--n-labeled with a list of budgets goes with the label-budget grid",
+            "run bmdbench grid labels --methods ... --n-labeled 50,100,200, "
+            "or set one budget with --set split.train=N",
+        )
     if table is not None:
         if methods:
             raise ConfigError(

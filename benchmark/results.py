@@ -64,7 +64,8 @@ def load_runs(out: str | Path) -> pd.DataFrame:
     Columns: name, run_dir, method, backbone, preset, seed, status, error,
     config_hash, cell (:func:`bmdbench.identity.signature`), data_source, data_fingerprint,
     split_fingerprint, split_redraw, target_norm, target_mean, target_sd (of the
-    labeled training targets; NaN in records older than these fields), parent_run,
+    labeled training targets; NaN in records older than these fields), unit, n_train
+    (labeled training images), parent_run,
     selected_epoch, device, git_sha, created, ``hp.<field>`` for the method's
     hyperparameters, ``val_<metric>`` and ``test_<metric>`` for every metric key,
     the diagnostics (pseudo_rmse, pseudo_r, refreshes, ...) and the timings
@@ -92,6 +93,8 @@ def load_runs(out: str | Path) -> pd.DataFrame:
             "target_norm": config.get("target_norm", "none"),
             "target_mean": data.target_mean,
             "target_sd": data.target_sd,
+            "unit": data.unit,
+            "n_train": data.sizes.get("train", np.nan),
             "parent_run": record.parent_run,
             "selected_epoch": record.selected_epoch,
             "device": record.device,

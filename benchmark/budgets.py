@@ -1,0 +1,200 @@
+"""Label-budget curves (Oliver et al., 2018): each method at several numbers of labels.
+
+``bmdbench grid labels --methods ... --n-labeled 50,100,200 --seeds 3`` runs every method at
+every budget (``split.train``) over the seeds, and one fully supervised ceiling: the baseline
+with every labeled training image. What a budget leaves out of the labeled training images
+becomes unlabeled images (:mod:`bmdbench.data.splits`); the validation and test images are
+the same at every budget (they depend on ``split.seed`` only), and each budget has its own
+stage-1 parents (the budget is part of their identity). ``bmdbench table labels`` with the
+same options writes the table (budgets × methods: R and RMSE mean ± SD over seeds, R's CI,
+ΔR against the baseline at the same budget, Holm-adjusted within that budget) and the
+figure (R and RMSE against the number of labels, log scale, one line per method, 95 % CI
+bands, the ceiling as a dashed line).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bmdbench import store
+from bmdbench.errors import ConfigError, DataError
+from bmdbench.results import N_RESAMPLES, cell_runs, load_runs, table_stats
+from bmdbench.spec import RunSpec
+
+REFERENCE = "baseline"  # every budget's methods are compared with the baseline at that budget
+CEILING = "all"  # the budget label of the fully supervised ceiling
+
+
+def parse_budgets(text: str | None) -> list[float]:
+    """``"50,100,200"`` → ``[50.0, 100.0, 200.0]``: counts (≥ 1) or fractions (< 1), each once."""
+    try:
+        budgets = [float(v) for v in (text or "").split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"--n-labeled {text!r} is not a list of numbers", "give e.g. --n-labeled 50,100,200"
+        ) from None
+    if not budgets or len(set(budgets)) != len(budgets) or min(budgets) <= 0:
+        raise ConfigError(
+            f"--n-labeled {text!r} needs distinct positive budgets",
+            "give e.g. --n-labeled 50,100,200",
+        )
+    return sorted(budgets)
+
+
+def methods_with_reference(methods: Sequence[str]) -> list[str]:
+    """The methods, the baseline first (added when missing): it is every budget's reference."""
+    return [REFERENCE, *(m for m in methods if m != REFERENCE)]
+
+
+def budget_cells(
+    methods: Sequence[str],
+    budgets: Sequence[float],
+    seeds: int,
+    sets: dict[str, str],
+    base: RunSpec,
+) -> list[RunSpec]:
+    """Every method × budget × seed (the baseline included), then the ceiling's seeds."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds {seeds} is not a positive count", "give --seeds 1 or more")
+    if "split.train" in sets:
+        raise ConfigError(
+            "--set split.train is the budget a label-budget grid varies",
+            "give the budgets with --n-labeled 50,100,200",
+        )
+    cells = [
+        base.but(method=m, seed=s, settings={**sets, "split.train": b})
+        for b in budgets
+        for m in methods_with_reference(methods)
+        for s in range(seeds)
+    ]
+    return cells + [base.but(method=REFERENCE, seed=s, settings=sets) for s in range(seeds)]
+
+
+def budget_stats(
+    runs: pd.DataFrame,
+    methods: Sequence[str],
+    budgets: Sequence[float],
+    sets: dict[str, str],
+    base: RunSpec,
+    n_resamples: int = N_RESAMPLES,
+) -> pd.DataFrame:
+    """One row per (budget, method) and the ceiling's: ``budget`` (the count, or
+    :data:`CEILING`), ``n_labeled`` (labeled training images the runs saw), ``method``, then
+    :data:`bmdbench.results.STAT_COLUMNS`; ΔR against the baseline of the same budget."""
+    order = methods_with_reference(methods)
+    parts = []
+    for budget in [*budgets, None]:
+        group = order if budget is not None else [REFERENCE]
+        extra = {} if budget is None else {"split.train": budget}
+        specs = [base.but(method=m, settings={**sets, **extra}) for m in group]
+        frames = [cell_runs(runs, [s.signature]) for s in specs]
+        label = CEILING if budget is None else f"{budget:g}"
+        tidy = table_stats(f"labels|{label}", frames, reference=0, n_resamples=n_resamples)
+        tidy.insert(0, "method", group)
+        tidy.insert(0, "n_labeled", [_n_labeled(f) for f in frames])
+        tidy.insert(0, "budget", label)
+        parts.append(tidy)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _n_labeled(frame: pd.DataFrame) -> float:
+    sizes = frame["n_train"].dropna().unique() if len(frame) else []
+    return float(sizes[0]) if len(sizes) == 1 else np.nan
+
+
+def publish(
+    out: Path,
+    methods: Sequence[str],
+    budgets: Sequence[float],
+    sets: dict[str, str],
+    base: RunSpec,
+    formats: Sequence[str],
+) -> list[Path]:
+    """``bmdbench table labels``: the table in each of ``formats`` (``out/tables/labels.*``;
+    the CSV is the tidy form) and the figure (``out/figures/labels.{png,pdf}``)."""
+    from bmdbench.tables import format_cells, write_frame
+
+    runs = load_runs(out)
+    tidy = budget_stats(runs, methods, budgets, sets, base)
+    if tidy["seeds"].sum() == 0:
+        raise DataError(
+            "no finished run of this label-budget grid is in the store",
+            "run bmdbench grid labels with the same options first (and the same --out)",
+        )
+    shown = []
+    for _, group in tidy.groupby("budget", sort=False):
+        cells = format_cells(group.reset_index(drop=True), 0, "md", N_RESAMPLES)
+        cells.insert(0, "method", list(group["method"]))
+        cells.insert(0, "labels", list(group["budget"]))
+        shown.append(cells)
+    frame = pd.concat(shown, ignore_index=True)
+    frame.index = pd.Index(
+        [f"{b} · {m}" for b, m in zip(frame.pop("labels"), frame.pop("method"), strict=True)],
+        name="labels · method",
+    )
+    used = runs[
+        runs["cell"].isin([s.signature for s in budget_cells(methods, budgets, 1, sets, base)])
+    ]
+    unit = str(used["unit"].iloc[0]) if len(used) else ""
+    footer = (
+        f"Data {base.data}, preset {base.preset}, up to {int(tidy['seeds'].max())} seeds per "
+        "cell; 'all': the baseline with every labeled training image. R's 95 % CI: two-level "
+        f"bootstrap over seeds and test images (B = {N_RESAMPLES}); ΔR against the baseline at "
+        "the same budget, paired by seed, Holm-adjusted within a budget. "
+        f"Measured with bmdbench grid labels; runs in {out / 'runs'}."
+    )
+    title = "Test R by number of labeled training images (mean ± SD over seeds)"
+    tables = out / "tables"
+    written = [
+        write_frame(frame, title, footer, "labels", f, tables) for f in formats if f != "csv"
+    ]
+    if "csv" in formats:  # the tidy form, for scripts
+        path = tables / "labels.csv"
+        store.write_text(path, tidy.to_csv(index=False, float_format="%.6g") + f"# {footer}\n")
+        written.append(path)
+    return written + plot_budgets(tidy, out / "figures", unit)
+
+
+def plot_budgets(tidy: pd.DataFrame, folder: Path, unit: str) -> list[Path]:
+    """R and RMSE against the number of labels (log x), one line per method with its 95 % CI
+    band; the ceiling (every label) as a dashed line with its band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = tidy[tidy["budget"] != CEILING]
+    ceiling = tidy[tidy["budget"] == CEILING].iloc[0]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric, label in ((axes[0], "r", "test Pearson R"), (axes[1], "rmse", "test RMSE")):
+        for method, rows in curves.groupby("method", sort=False):
+            x = rows["n_labeled"].where(rows["n_labeled"].notna(), rows["budget"].astype(float))
+            ax.plot(x, rows[f"{metric}_mean"], marker="o", label=method)
+            ax.fill_between(x, rows[f"{metric}_ci_low"], rows[f"{metric}_ci_high"], alpha=0.2)
+        if ceiling["seeds"] > 0:
+            ax.axhline(ceiling[f"{metric}_mean"], color="k", ls="--", label="all labels")
+            ax.axhspan(
+                ceiling[f"{metric}_ci_low"], ceiling[f"{metric}_ci_high"], color="k", alpha=0.08
+            )
+        ax.set_xscale("log")
+        ticks = sorted(curves["n_labeled"].dropna().unique()) or sorted(
+            curves["budget"].astype(float).unique()
+        )
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("labeled training images")
+        ax.set_ylabel(label + (f" ({unit})" if metric == "rmse" and unit else ""))
+    axes[0].legend(fontsize=8)
+    figure.tight_layout()
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for ext in ("png", "pdf"):
+        path = folder / f"labels.{ext}"
+        figure.savefig(path, dpi=150)
+        written.append(path)
+    plt.close(figure)
+    return written
