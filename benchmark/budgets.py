@@ -102,7 +102,9 @@ def budget_stats(
 
 
 def _n_labeled(frame: pd.DataFrame) -> float:
-    sizes = frame["n_train"].dropna().unique() if len(frame) else []
+    if frame.empty:
+        return np.nan
+    sizes = frame["n_train"].dropna().unique()
     return float(sizes[0]) if len(sizes) == 1 else np.nan
 
 
