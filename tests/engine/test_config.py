@@ -20,7 +20,8 @@ def test_preset_then_overrides_then_set():
     cfg = resolve("atl", "tiny", "quick", {"stage1.epochs": "3", "atl.margin": "0.3"})
     assert cfg.image_size == PRESETS["quick"]["image_size"]
     assert cfg.stage1.epochs == 3
-    assert cfg.stage1.weight_decay == 4e-4  # default kept
+    assert cfg.stage1.batch_size == 16  # default kept
+    assert cfg.stage1.weight_decay == 0.0  # the preset's
     assert cfg.hparams.margin == 0.3 and cfg.hparams.weight == 0.05  # the preset's λ
 
 
