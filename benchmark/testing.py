@@ -75,7 +75,7 @@ def check_method(cls: type[Method], params: Any = None) -> None:
     - ``trainable_parameters()`` yields exactly the method's parameters that require grad
       (a further network left out would never be stepped);
     - ``training_step`` returns finite scalar losses, ``"loss"`` among them, and its
-      backward gives every trainable parameter a finite gradient, not all zero;
+      backward gives every trainable parameter a finite gradient, none of them all zero;
     - the losses named in ``unsupervised_terms`` (a stage-2 method must name some) alone
       give the trainable parameters a non-zero gradient (a consistency term whose both
       sides come from a no-grad teacher trains nothing: USB's Mean Teacher bug);
@@ -232,10 +232,11 @@ def _check_gradients(cls: type[Method], params: Any, stage: StageConfig, images:
     _require(not no_grad, cls, f"the loss gives no gradient to {no_grad[:3]}")
     not_finite = [n for n, p in named.items() if p.grad is not None and not p.grad.isfinite().all()]
     _require(not not_finite, cls, f"gradients are not finite for {not_finite[:3]}")
+    zero = [n for n, p in named.items() if p.grad is not None and not p.grad.any()]
     _require(
-        any(p.grad.abs().sum() > 0 for p in trainable if p.grad is not None),
+        not zero,
         cls,
-        "the loss's gradient is zero for every trainable parameter",
+        f"the loss's gradient is zero for {zero[:3]} (a head or network the loss never reaches)",
     )
 
     if cls.unsupervised_terms:
