@@ -48,9 +48,16 @@ def test_every_method_is_tested():
     }  # fmt: skip
 
 
+# Parameters a method is checked with where its defaults train nothing in the checker's one
+# step: RankUp's confidence threshold τ = 0.95 lets no pair of a fresh ranking head through
+# (FixMatch before its classifier is confident), so its unsupervised term has no gradient yet.
+CONTRACT_PARAMS = {"rankup": {"threshold": 0.6}}
+
+
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_method_meets_the_contract(name):
-    check_method(METHODS.get(name))
+    cls = METHODS.get(name)
+    check_method(cls, cls.Params(**CONTRACT_PARAMS.get(name, {})))
 
 
 class CoTraining(Method):
@@ -124,3 +131,19 @@ class TeacherOnBothSides(MeanTeacher):
 def test_check_method_catches_an_unsupervised_term_that_trains_nothing():
     with pytest.raises(AssertionError, match="alone give the trainable parameters no gradient"):
         check_method(TeacherOnBothSides)
+
+
+class DeadSecondNetwork(CoTraining):
+    """Co-training whose second network's prediction enters the loss multiplied by zero."""
+
+    def training_step(self, batch: Batch, ctx: FitContext) -> dict[str, torch.Tensor]:
+        _, pred = self.regressor(ctx.augment(batch.images))
+        _, pred_second = self.second(ctx.augment(batch.images))
+        mse = masked_mse(pred, batch.targets, batch.labeled)
+        consistency = (pred - 0.0 * pred_second).pow(2).mean()
+        return {"loss": mse + consistency, "mse": mse, "consistency": consistency}
+
+
+def test_check_method_catches_a_network_whose_gradient_is_zero():
+    with pytest.raises(AssertionError, match=r"gradient is zero for \['second\."):
+        check_method(DeadSecondNetwork)
