@@ -183,7 +183,8 @@ def grid(
     table: Annotated[
         str | None,
         typer.Argument(
-            help="table1 | table2 | table3 | table4 | all, or labels (a label-budget grid "
+            help="table1 | table2 | table3 | table4 | all (those four) | sota (later methods "
+            "beside the paper's), or labels (a label-budget grid "
             "with --methods and --n-labeled); omit for a custom grid."
         ),
     ] = None,
@@ -268,7 +269,7 @@ def table(
     name: Annotated[
         str,
         typer.Argument(
-            help="table1 | table2 | table3 | table4 | all; labels (a label-budget grid's table "
+            help="table1 | table2 | table3 | table4 | all | sota; labels (a label-budget grid's table "
             "and figure, with its --methods and --n-labeled); tune (a study's trials)."
         ),
     ],

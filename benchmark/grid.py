@@ -40,7 +40,7 @@ def cells_for(
     budgets: Sequence[float] = (),
 ) -> list[RunSpec]:
     """The cells ``bmdbench grid`` (and ``bmdbench table``) names: a paper table's
-    (``table``: table1..table4 or all; ``backbones`` at most one, replacing the paper's in
+    (``table``: table1..table4, all or sota; ``backbones`` at most one, replacing the paper's in
     Tables 2–4), a label-budget grid's (``table`` "labels": every method at every one of
     ``budgets``, on one backbone, :mod:`bmdbench.budgets`) or a custom grid's (every method ×
     backbone), each over seeds 0..seeds-1."""

@@ -15,7 +15,8 @@ from bmdbench import store
 from bmdbench.config import to_dict
 from bmdbench.grid import custom_cells, table_cells, with_parents
 from bmdbench.identity import signature
-from bmdbench.paper_tables import TABLES
+from bmdbench.methods import METHODS
+from bmdbench.paper_tables import TABLES, select
 from bmdbench.spec import RunSpec
 
 BASE = RunSpec("", "", "smoke", device="cpu")
@@ -75,6 +76,15 @@ def test_table_cells_follow_the_paper():
     assert {c.backbone for c in cells} == {"tiny"}
     table1 = table_cells([TABLES["table1"]], 1, {}, BASE, "tiny")  # its backbones are its subject
     assert [c.backbone for c in table1][:2] == ["vgg11_bn", "vgg13_bn"]
+
+
+def test_sota_table_is_table2_and_the_later_methods():
+    sota = [tc.method for tc in TABLES["sota"].cells]
+    assert sota[:5] == [tc.method for tc in TABLES["table2"].cells]
+    assert sota[5:] == ["ucvme", "mixmatch", "rda", "rankup", "rankup_rda"]
+    assert all(cell.method in METHODS for cell in TABLES["sota"].cells)  # each registered
+    assert [t.name for t in select("all")] == ["table1", "table2", "table3", "table4"]
+    assert select("sota") == [TABLES["sota"]]
 
 
 def test_cell_json_round_trip():
