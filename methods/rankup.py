@@ -50,7 +50,7 @@ Decisions where the paper and code were silent or do not carry over:
   view is made and predicted for the unlabeled images only, as in USB. Batch norm is updated
   by both passes (USB freezes its statistics during the weak unlabeled pass).
 - Labeled and unlabeled pairs are formed within the batch's labeled and unlabeled images
-  respectively (``stage2.labeled_per_batch`` labeled images: 16 labeled and 120 unlabeled
+  respectively (``stage2.labeled_per_batch`` labeled images: 16 labeled and 144 unlabeled
   pairs in a batch of 4 + 12). USB's unlabeled set also holds the labeled images
   (``include_lb_to_ulb``); here it is the unlabeled pool only.
 - The supervised regression term is bmdbench's MSE (the authors' UTKFace configs use L1);
