@@ -81,7 +81,7 @@ from bmdbench.methods.base import (
     RegressorFactory,
 )
 from bmdbench.methods.losses import masked_mse
-from bmdbench.methods.rda import AlignedPseudoLabels, linear_rampup
+from bmdbench.methods.rda import AlignedPseudoLabels, rda_weight
 
 ARC_WEIGHT = Range("lambda", 0.05, 2.0, log=True)  # covers the authors' 0.2 (UTKFace) and 1.0
 STRONG_OPS = 3  # RandAugment's n: operations per strong view
@@ -335,16 +335,12 @@ class RankUpRDA(_RankUp):
         self.bank.start(ctx, lambda x: self.regressor(x)[1])
 
     def on_epoch_start(self, ctx: FitContext) -> None:
-        if ctx.epoch > 0:  # the bank was aligned by on_stage_start just before epoch 0
-            self.bank.refresh()
-        ctx.log["rda_refreshes"] = float(self.bank.refreshes)
+        self.bank.epoch_start(ctx)
 
     def training_step(self, batch: Batch, ctx: FitContext) -> dict[str, torch.Tensor]:
         pred, terms = self.rankup_terms(batch, ctx)
         terms["rda"] = self.bank.loss(pred, batch)
-        weight = self.params.unsup_weight * linear_rampup(ctx.progress, self.params.rampup)
-        ctx.log["unsup_weight"] = weight
-        loss = terms["mse"] + weight * terms["rda"] + self.arc_loss(terms)
+        loss = terms["mse"] + rda_weight(self.params, ctx) * terms["rda"] + self.arc_loss(terms)
         return {"loss": loss, **terms}
 
     def unlabeled_estimates(self, ctx: FitContext) -> torch.Tensor:

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -95,6 +95,14 @@ def linear_rampup(progress: float, rampup: float) -> float:
     return min(max(progress / rampup, 0.0), 1.0) if rampup > 0 else 1.0
 
 
+def rda_weight(params: Any, ctx: FitContext) -> float:
+    """The RDA term's weight now: ``params.unsup_weight`` ramped linearly over
+    ``params.rampup`` of the stage (logged as ``unsup_weight``)."""
+    weight = params.unsup_weight * linear_rampup(ctx.progress, params.rampup)
+    ctx.log["unsup_weight"] = weight
+    return weight
+
+
 class AlignedPseudoLabels(nn.Module):
     """RDA's bank over the training pool: the latest prediction of every unlabeled image and
     its aligned target. Buffers are made by :meth:`start` and are not checkpointed."""
@@ -125,6 +133,13 @@ class AlignedPseudoLabels(nn.Module):
         """Keep ``prediction`` (B,) as the latest of the unlabeled images at pool ``index``."""
         keep = self.unlabeled[index]
         self.raw[index[keep]] = prediction.detach().float()[keep]
+
+    def epoch_start(self, ctx: FitContext) -> None:
+        """Realign before every epoch but the first (:meth:`start` has just aligned the bank),
+        and log how many alignments there have been."""
+        if ctx.epoch > 0:
+            self.refresh()
+        ctx.log["rda_refreshes"] = float(self.refreshes)
 
     @torch.no_grad()
     def refresh(self) -> None:
@@ -172,20 +187,13 @@ class RDA(Method):
         self.bank.start(ctx, lambda x: self.regressor(x)[1])
 
     def on_epoch_start(self, ctx: FitContext) -> None:
-        if ctx.epoch > 0:  # the bank was aligned by on_stage_start just before epoch 0
-            self.bank.refresh()
-        ctx.log["rda_refreshes"] = float(self.bank.refreshes)
-
-    def unsup_weight(self, ctx: FitContext) -> float:
-        weight = self.params.unsup_weight * linear_rampup(ctx.progress, self.params.rampup)
-        ctx.log["unsup_weight"] = weight
-        return weight
+        self.bank.epoch_start(ctx)
 
     def training_step(self, batch: Batch, ctx: FitContext) -> dict[str, torch.Tensor]:
         _, pred = self.regressor(ctx.augment(batch.images))
         mse = masked_mse(pred, batch.targets, batch.labeled)
         rda = self.bank.loss(pred, batch)
-        loss = mse + self.unsup_weight(ctx) * rda
+        loss = mse + rda_weight(self.params, ctx) * rda
         return {"loss": loss, "mse": mse, "rda": rda}
 
     def unlabeled_estimates(self, ctx: FitContext) -> torch.Tensor:

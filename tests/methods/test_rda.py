@@ -13,7 +13,13 @@ from bmdbench.backbones import build_backbone
 from bmdbench.data import sources
 from bmdbench.data.module import Batch
 from bmdbench.methods import FitContext, Regressor
-from bmdbench.methods.rda import RDA, AlignedPseudoLabels, align_to_labeled, linear_rampup
+from bmdbench.methods.rda import (
+    RDA,
+    AlignedPseudoLabels,
+    align_to_labeled,
+    linear_rampup,
+    rda_weight,
+)
 from bmdbench.runner import execute
 from bmdbench.spec import resolve
 from bmdbench.testing import make_imageset
@@ -113,7 +119,7 @@ def test_unlabeled_weight_ramps_linearly():
     ctx = context(torch.tensor([1.0, NAN]), torch.zeros(2))
     method = RDA(Regressor(build_backbone("tiny")), RDA.Params(unsup_weight=2.0))
     ctx.epochs, ctx.steps_per_epoch, ctx.step = 10, 10, 20  # progress 0.2 of the 0.4 ramp
-    assert method.unsup_weight(ctx) == pytest.approx(2.0 * 0.5)
+    assert rda_weight(method.params, ctx) == pytest.approx(2.0 * 0.5)
     assert ctx.log["unsup_weight"] == pytest.approx(1.0)
 
 
