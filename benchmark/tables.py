@@ -16,6 +16,7 @@ counts, CI bounds, MDE, seeds needed, stage-1 counts), for scripts.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -487,7 +488,15 @@ def publish(
     written = []
     for paper_table in select(names):
         cells = cells_for(paper_table.name, [], backbones, 1, sets, base)
-        data = build(paper_table, runs, [c.signature for c in cells])
+        signatures = [c.signature for c in cells]
+        if len(runs) and cell_runs(runs, signatures).empty:
+            warnings.warn(
+                f"none of the {len(runs)} runs under {out / 'runs'} is in a cell of "
+                f"{paper_table.name}: give `bmdbench table` the --preset, --data (spelled as "
+                "the grid got it), --set and --backbones the grid ran with",
+                stacklevel=2,
+            )
+        data = build(paper_table, runs, signatures)
         frame = display_frame(data, "rich")
         shown = Table(title=paper_table.title, caption=data.footer)
         shown.add_column(str(frame.index.name or ""))

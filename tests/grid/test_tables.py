@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -230,6 +231,19 @@ def test_five_seeds_with_the_data_draw_redrawn(tmp_path):
 def test_table_without_runs_shows_dashes(tmp_path):
     data = _table4(tmp_path)
     assert "—" in to_markdown(data) and data.tidy["seeds"].sum() == 0
+
+
+def test_a_table_that_finds_none_of_the_stores_runs_warns(table4_runs):
+    from rich.console import Console
+
+    from bmdbench.tables import publish
+
+    quiet = Console(file=io.StringIO())
+    with pytest.warns(UserWarning, match="none of the 18 runs under .* is in a cell of table4"):
+        publish("table4", table4_runs, BASE, ["tiny"], {"split.seed": "5"}, ["md"], quiet)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the grid's own options find its runs: no warning
+        publish("table4", table4_runs, BASE, ["tiny"], {}, ["md"], quiet)
 
 
 def test_plot_writes_figure2_bland_altman_and_learning_curve(table4_runs, tmp_path):
