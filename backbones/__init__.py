@@ -11,7 +11,6 @@ with ``pretrained=False`` and ``num_classes=0``. The regressor built on top is b
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 import timm
@@ -26,7 +25,9 @@ from bmdbench.backbones import vgg, timm_backbone, tiny  # noqa: F401
 from bmdbench.backbones._base import BACKBONES, Backbone, BackboneFactory
 from bmdbench.backbones.pretrained import load_pretrained
 from bmdbench.backbones.timm_backbone import TimmBackbone
+from bmdbench.catalogue import Catalogue
 from bmdbench.errors import ConfigError
+from bmdbench.registry import unknown
 
 __all__ = [
     "BACKBONES",
@@ -35,9 +36,10 @@ __all__ = [
     "TimmBackbone",
     "backbone_names",
     "build_backbone",
+    "catalogue",
     "check_backbone",
+    "check_name",
     "count_parameters",
-    "describe",
     "load_pretrained",
 ]
 
@@ -55,18 +57,11 @@ def build_backbone(name: str, pretrained: str | Path | None = None, in_chans: in
     initialisation. Unknown names raise :class:`ConfigError`; unusable weights
     :class:`~bmdbench.errors.CheckpointError`.
     """
+    check_name(name)
     if name in BACKBONES:
         backbone = BACKBONES.get(name)(in_chans=in_chans)
-    elif timm.is_model(name):
-        backbone = TimmBackbone(name, in_chans=in_chans)
     else:
-        close = difflib.get_close_matches(name, backbone_names() + timm.list_models(), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise ConfigError(
-            f"unknown backbone {name!r}",
-            f"{hint}use one of {', '.join(backbone_names())} "
-            "or any timm model name (timm.list_models())",
-        )
+        backbone = TimmBackbone(name, in_chans=in_chans)
     if pretrained is not None:
         load_pretrained(backbone, pretrained, name)
     return backbone
@@ -103,11 +98,23 @@ def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-def describe(pattern: str = "*") -> list[tuple[str, int, int]]:
-    """``(name, parameter count, embed_dim)`` of each registered backbone, for single-channel
-    input (builds each one: about a second for all)."""
-    rows = []
-    for name in backbone_names(pattern):
+TIMM_NAMES = "or any timm model name (timm.list_models())"
+
+
+def check_name(name: str) -> None:
+    """Raise :class:`ConfigError`, naming the closest, unless ``name`` is a registered
+    backbone or a timm model name (an architecture, with or without a pretrained tag)."""
+    if name not in BACKBONES and not timm.is_model(name):
+        raise unknown("backbone", name, backbone_names(), TIMM_NAMES, timm.list_models())
+
+
+def catalogue() -> Catalogue:
+    """What ``bmdbench list backbones`` shows: each registered backbone's embedding size and
+    parameter count for single-channel input (builds each one: about a second for all); and
+    timm's architectures, which a run may name too (:mod:`bmdbench.catalogue`)."""
+    rows = {}
+    for name in backbone_names():
         backbone = build_backbone(name)
-        rows.append((name, count_parameters(backbone), backbone.embed_dim))
-    return rows
+        rows[name] = {"embedding": backbone.embed_dim, "parameters": count_parameters(backbone)}
+    architectures = {*timm.list_models(), *timm.models.get_deprecated_models()}
+    return Catalogue("backbone", rows, tuple(sorted(architectures)), TIMM_NAMES)

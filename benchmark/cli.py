@@ -374,7 +374,6 @@ def tune(
     from bmdbench.config import parse_set
     from bmdbench.dispatch import default_storage
     from bmdbench.errors import ConfigError
-    from bmdbench.runner import check
     from bmdbench.tune import (
         DEFAULT_METHOD,
         Search,
@@ -397,7 +396,10 @@ def tune(
     def search_for(name: str) -> Search:
         search = Search(kind, replace(base, method=name, settings=sets))
         search_space(search.method, search.kind)  # an impossible search fails before any work,
-        check(search.spec.config, out)  # and so does a run it could not start
+        cfg = search.spec.config  # (names and keys: without torch)
+        from bmdbench.runner import check
+
+        check(cfg, out)  # and so does a run it could not start
         return search
 
     if equal_budget is not None:
@@ -450,25 +452,27 @@ def plot(
 
 @list_app.command("methods")
 def list_methods() -> None:
-    """Registered methods, their stage and the stage-1 method they start from."""
-    from bmdbench.methods import METHODS, describe
+    """Registered methods: stage, the stage-1 method they start from, hyperparameters."""
+    from bmdbench import catalogue
 
-    table = Table("method", "stage", "stage-1 parent", "description")
-    for name in METHODS:
-        spec = METHODS.get(name)
-        parent = getattr(spec.Params(), "stage1", "—")
-        table.add_row(name, str(spec.stage), parent, describe(spec))
+    table = Table(
+        "method", "stage", "stage-1 parent", "hyperparameters (--set NAME.KEY=...)", "description"
+    )
+    for name, row in catalogue.load("method").rows.items():
+        hparams = {k: v for k, v in row["hyperparameters"].items() if k != "stage1"}
+        shown = ", ".join(f"{k}={v}" for k, v in hparams.items()) or "—"
+        table.add_row(name, str(row["stage"]), row["parent"] or "—", shown, row["description"])
     out_console.print(table)
 
 
 @list_app.command("backbones")
 def list_backbones() -> None:
     """Registered backbones with their embedding size and parameter count."""
-    from bmdbench.backbones import describe
+    from bmdbench import catalogue
 
     table = Table("backbone", "embedding", "parameters")
-    for name, params, dim in describe():
-        table.add_row(name, str(dim), f"{params / 1e6:.2f} M")
+    for name, row in catalogue.load("backbone").rows.items():
+        table.add_row(name, str(row["embedding"]), f"{row['parameters'] / 1e6:.2f} M")
     out_console.print(table)
     out_console.print("Any other timm model name works too (timm.list_models()).")
 

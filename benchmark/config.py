@@ -46,6 +46,16 @@ class Valid:
     problem: str = "is out of range"
 
 
+@dataclass(frozen=True)
+class Range:
+    """A hyperparameter's search range for ``bmdbench tune`` (a method's ``search_space``)."""
+
+    kind: str  # what `bmdbench tune KIND` searches it under: margin | lambda | consistency | ema
+    low: float
+    high: float
+    log: bool = False  # sample on a log scale
+
+
 def _valid(accepts: Callable[[Any], bool], wanted: str) -> dict[str, Valid]:
     def finite_and(v: Any) -> bool:  # ints need no test (and may exceed a float's range)
         return (isinstance(v, int) or math.isfinite(v)) and accepts(v)

@@ -22,7 +22,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from bmdbench import store
+from bmdbench import catalogue, store
 from bmdbench.config import stable_hash
 from bmdbench.dispatch import IDLE_S, CellQueue, Counts
 from bmdbench.errors import BmdError, ConfigError, RunFailed
@@ -46,6 +46,9 @@ def cells_for(
     backbone), each over seeds 0..seeds-1."""
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds} is not a positive count", "give --seeds 1 or more")
+    for kind, names in (("method", methods), ("backbone", backbones)):
+        for name in names:  # every name before any cell is resolved (which imports torch)
+            catalogue.check(kind, name)
     if table == "labels":
         from bmdbench.budgets import budget_cells
 

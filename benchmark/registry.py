@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
@@ -58,13 +58,8 @@ class Registry(Generic[T]):
 
     def get(self, name: str) -> T:
         if name not in self._all():
-            raise ConfigError(f"unknown {self.kind} {name!r}", self.suggest(name))
+            raise unknown(self.kind, name, self.names())
         return self._entries[name]
-
-    def suggest(self, name: str) -> str:
-        close = difflib.get_close_matches(name, self._all(), n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        return f"{hint}known {self.kind}s: {', '.join(self.names())}"
 
     def names(self, pattern: str = "*") -> list[str]:
         return [n for n in self._all() if fnmatch.fnmatchcase(n, pattern)]
@@ -117,3 +112,14 @@ class Registry(Generic[T]):
                 )
             found[point.name] = obj
         return found
+
+
+def unknown(
+    kind: str, name: str, known: list[str], more: str = "", unlisted: Iterable[str] = ()
+) -> ConfigError:
+    """The error for a name no registry holds: the closest of ``known`` and ``unlisted``
+    names, then the ``known`` ones, then ``more`` ("or any timm model name")."""
+    close = difflib.get_close_matches(name, [*known, *unlisted], n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    tail = f", {more}" if more else ""
+    return ConfigError(f"unknown {kind} {name!r}", f"{hint}known {kind}s: {', '.join(known)}{tail}")

@@ -14,13 +14,13 @@ loads the method registry only for the method's own part.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from bmdbench import identity
-from bmdbench.config import RunConfig, apply, check_fields, run_settings, to_dict, valid_keys
+from bmdbench import catalogue, identity
+from bmdbench.config import RunConfig, apply, check_fields, run_settings, to_dict
 from bmdbench.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -76,13 +76,13 @@ class RunSpec:
         )
 
     def check_inputs(self) -> None:
-        """Resolve the run-wide settings and read the images and the split, without the
-        method registry (and so without torch): a mistake in the settings, the manifest,
-        the split or the label budget is found before the engine is loaded. The images stay
-        decoded for the run (:func:`bmdbench.data.sources.load_images`)."""
+        """Resolve the run-wide settings, check the names (:func:`check_names`), read the
+        images and the split, all without torch: a mistake in the settings, a name, the
+        manifest, the split or the label budget is found before the engine is loaded. The
+        images stay decoded for the run (:func:`bmdbench.data.sources.load_images`)."""
         from bmdbench.data import sources
 
-        cfg, _ = run_settings(
+        cfg, method_keys = run_settings(
             self.method,
             self.backbone,
             self.preset,
@@ -92,6 +92,7 @@ class RunSpec:
             seed=self.seed,
             device=self.device,
         )
+        check_names(self.method, self.backbone, method_keys)
         sources.load_inputs(cfg)
 
     @property
@@ -111,12 +112,9 @@ class RunSpec:
         added = dict(changes.pop("settings", {}))
         spec = replace(self, settings=tuple(sorted({**dict(self.settings), **added}.items())))
         spec = replace(spec, **changes)
-        from bmdbench.methods import METHODS
-
         own = {spec.method} | ({p.method} if (p := spec.config.parent) else set())
-        kept = tuple(
-            (k, v) for k, v in spec.settings if k.split(".", 1)[0] not in set(METHODS) - own
-        )
+        others = set(catalogue.load("method").rows) - own
+        kept = tuple((k, v) for k, v in spec.settings if k.split(".", 1)[0] not in others)
         return replace(spec, settings=kept)
 
     @cached_property
@@ -178,9 +176,18 @@ def resolve(
     ``overrides`` maps dotted keys to values (strings are parsed to the field's type).
     """
     cfg, method_keys = run_settings(method, backbone, preset, overrides, **top)
+    check_names(method, backbone, method_keys)
     cfg = _with_method(cfg, method, method_keys)
     validate(cfg)
     return cfg
+
+
+def check_names(method: str, backbone: str, method_keys: Iterable[str]) -> None:
+    """The method, the backbone and the methods' settings' keys (``atl.margn``) exist:
+    checked from the registries' catalogues, so without torch (:mod:`bmdbench.catalogue`)."""
+    catalogue.check("method", method)
+    catalogue.check_method_settings(method_keys)
+    catalogue.check("backbone", backbone)
 
 
 def validate(cfg: RunConfig, child: str | None = None) -> None:
@@ -218,12 +225,6 @@ def _with_method(cfg: RunConfig, method: str, method_keys: Mapping[str, Any]) ->
     own = {k[len(prefix) :]: v for k, v in method_keys.items() if k.startswith(prefix)}
     for key in method_keys:  # settings of other methods (a grid's): type- and range-checked
         name, _, rest = key.partition(".")
-        if name not in METHODS or not rest:
-            raise ConfigError(
-                f"unknown setting {key!r}",
-                f"valid keys: {', '.join(valid_keys(RunConfig()))}, "
-                "or <method>.<field> for a method's hyperparameters (bmdbench list methods)",
-            )
         params = apply(METHODS.get(name).Params(), {rest: method_keys[key]}, prefix=f"{name}.")
         check_fields(params, f"{name}.")
     hparams = apply(spec.Params(), own, prefix=prefix)

@@ -20,14 +20,11 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from bmdbench import store
-from bmdbench.config import stable_hash
+from bmdbench import catalogue, store
+from bmdbench.config import Range, stable_hash
 from bmdbench.dispatch import open_storage, quiet_libraries
 from bmdbench.errors import ConfigError, Pruned, RunFailed
-from bmdbench.methods import METHODS
-from bmdbench.methods.base import Range
 from bmdbench.record import RunRecord
-from bmdbench.runner import execute
 from bmdbench.spec import RunSpec
 
 KINDS = ("margin", "lambda", "consistency", "lr", "ema", "all")
@@ -45,16 +42,21 @@ PRUNER_WARMUP = 0.5  # fraction of its epochs a trial runs before the median pru
 
 
 def search_space(method: str, kind: str) -> dict[str, Range]:
-    """Dotted ``--set`` keys → ranges that ``kind`` searches for ``method``."""
+    """Dotted ``--set`` keys → ranges that ``kind`` searches for ``method`` (from the
+    methods' catalogue, so an impossible search is reported without torch)."""
     if kind not in KINDS:
         raise ConfigError(f"unknown search {kind!r}", f"use one of: {', '.join(KINDS)}")
-    spec = METHODS.get(method)
-    space = {f"{method}.{name}": r for name, r in spec.search_space.items()}
-    space[f"stage{spec.stage}.lr"] = LR
+    catalogue.check("method", method)
+    methods = catalogue.load("method").rows
+    row = methods[method]
+    space = {f"{method}.{name}": Range(**r) for name, r in row["search_space"].items()}
+    space[f"stage{row['stage']}.lr"] = LR
     chosen = space if kind == "all" else {k: r for k, r in space.items() if r.kind == kind}
     if not chosen:
         has = [
-            n for n in METHODS if any(r.kind == kind for r in METHODS.get(n).search_space.values())
+            name
+            for name, other in methods.items()
+            if any(r["kind"] == kind for r in other["search_space"].values())
         ]
         raise ConfigError(
             f"{method} has no {kind} hyperparameter to search",
@@ -124,6 +126,8 @@ def run_search(
     console: Console,
 ) -> None:
     """Run ``n_trials`` more trials (or until ``timeout`` seconds) of ``search`` in ``study``."""
+    from bmdbench.runner import execute
+
     space = search_space(search.method, search.kind)
 
     def objective(trial: optuna.Trial) -> float:

@@ -8,15 +8,11 @@ A new built-in method is one module here (and its test): nothing else names it.
 
 import importlib
 import pkgutil
+from dataclasses import asdict
 
-from bmdbench.methods.base import (
-    METHODS,
-    FitContext,
-    Method,
-    Regressor,
-    RegressorFactory,
-    describe,
-)
+from bmdbench.catalogue import Catalogue
+from bmdbench.config import flatten
+from bmdbench.methods.base import METHODS, FitContext, Method, Regressor, RegressorFactory
 
 # The paper's methods first, in this order (the listing order); then every other module of
 # the package, by name. An import error is not caught: a broken module is a broken install.
@@ -24,4 +20,36 @@ _PAPER = ("supervised", "consistency_regularisation", "self_training")
 for _module in (*_PAPER, *sorted({m.name for m in pkgutil.iter_modules(__path__)} - set(_PAPER))):
     importlib.import_module(f"{__name__}.{_module}")
 
-__all__ = ["METHODS", "FitContext", "Method", "Regressor", "RegressorFactory", "describe"]
+
+def check_name(name: str) -> None:
+    """Raise :class:`~bmdbench.errors.ConfigError`, naming the closest, unless ``name`` is a
+    registered method."""
+    METHODS.get(name)
+
+
+def catalogue() -> Catalogue:
+    """What ``bmdbench list methods`` shows of each method (stage, stage-1 parent, the first
+    line of its docstring, its hyperparameters' defaults and search ranges), as :mod:`bmdbench.catalogue` keeps it."""
+    rows = {}
+    for name in METHODS:
+        method = METHODS.get(name)
+        params = method.Params()
+        rows[name] = {
+            "stage": method.stage,
+            "parent": getattr(params, "stage1", None),
+            "description": (method.__doc__ or "").strip().splitlines()[0],
+            "hyperparameters": flatten(asdict(params)),
+            "search_space": {key: asdict(r) for key, r in method.search_space.items()},
+        }
+    return Catalogue("method", rows)
+
+
+__all__ = [
+    "METHODS",
+    "FitContext",
+    "Method",
+    "Regressor",
+    "RegressorFactory",
+    "catalogue",
+    "check_name",
+]

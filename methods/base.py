@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from bmdbench.config import Valid
+from bmdbench.config import Range, Valid
 from bmdbench.data.module import Batch
 from bmdbench.registry import Registry
 
@@ -73,16 +73,6 @@ class FitContext:
     def progress(self) -> float:
         """Fraction of the stage's optimiser steps done, in [0, 1]."""
         return min(1.0, self.step / max(1, self.epochs * self.steps_per_epoch))
-
-
-@dataclass(frozen=True)
-class Range:
-    """A hyperparameter's search range for ``bmdbench tune``."""
-
-    kind: str  # what `bmdbench tune KIND` searches it under: margin | lambda | consistency | ema
-    low: float
-    high: float
-    log: bool = False  # sample on a log scale
 
 
 MARGIN = Range("margin", 0.05, 1.5)  # covers Table 3's margins 0.1–1.0
@@ -205,8 +195,3 @@ METHODS: Registry[type[Method]] = Registry(
     lambda obj: isinstance(obj, type) and issubclass(obj, Method),
     "a Method subclass",
 )
-
-
-def describe(method: type[Method]) -> str:
-    """The first line of a method's docstring."""
-    return (method.__doc__ or "").strip().splitlines()[0]

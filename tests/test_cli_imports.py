@@ -1,11 +1,15 @@
-"""The CLI answers ``--help`` without importing torch, timm or torchvision (issue: an
-instant CLI). Checked in a fresh interpreter, where nothing else has imported them."""
+"""The CLI answers ``--help``, ``list`` and mistakes in its arguments without importing
+torch, timm or torchvision (issue: an instant CLI). Checked in a fresh interpreter, where
+nothing else has imported them, with the registries' catalogues written by an earlier
+command (:mod:`bmdbench.catalogue`)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -23,14 +27,25 @@ print(json.dumps([m for m in {heavy!r} if m in sys.modules]))
 """
 
 
-def heavy_imports(*argv: str) -> list[str]:
+def heavy_imports(*argv: str, cache: Path) -> list[str]:
     done = subprocess.run(
         [sys.executable, "-c", PROBE.format(heavy=HEAVY), json.dumps(argv)],
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, "BMDBENCH_CACHE": str(cache)},
     )
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def catalogued(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder holding both catalogues, written as a user's first listing writes
+    them (that listing imports torch: the catalogue is built from the registries)."""
+    cache = tmp_path_factory.mktemp("cache")
+    assert "torch" in heavy_imports("list", "methods", cache=cache)
+    assert "timm" in heavy_imports("list", "backbones", cache=cache)
+    return cache
 
 
 @pytest.mark.parametrize(
@@ -39,12 +54,23 @@ def heavy_imports(*argv: str) -> list[str]:
         ("--help",),
         ("run", "--help"),
         ("list", "presets"),
+        ("list", "methods"),
+        ("list", "backbones"),
         ("list", "runs", "--out", "/nonexistent-bmdbench-store"),
         # argument, config and manifest errors: resolved and checked before the engine loads
         ("run", "--preset", "nope"),
         ("run", "--preset", "smoke", "--set", "stage1.lr=-1"),
         ("run", "--set", "stage1.lrr=1"),  # the default preset too is found without torch
         ("run", "--set", "image_size"),
+        ("run", "--method", "propsed"),  # unknown names and keys: from the catalogues
+        ("run", "--backbone", "nope"),
+        ("run", "--set", "proposed.margn=1"),
+        ("run", "--set", "propsed.margin=1"),
+        ("grid", "--methods", "baseline,propsed", "--backbones", "tiny", "--seeds", "1"),
+        ("tune", "nope"),
+        ("tune", "margin", "--method", "propsed"),
+        ("tune", "ema", "--method", "atl"),  # a search the method has nothing for
+        ("tune", "margin", "--timeout", "-1"),
         ("run", "--preset", "smoke", "--data", "/nonexistent-bmdbench.csv"),
         ("run", "--preset", "smoke", "--n-labeled", "2"),
         ("data", "check", "/nonexistent-bmdbench.csv"),
@@ -53,10 +79,11 @@ def heavy_imports(*argv: str) -> list[str]:
         ("table", "table2", "--format", "xls"),
     ],
 )
-def test_answers_without_torch(argv: tuple[str, ...]) -> None:
-    assert heavy_imports(*argv) == []
+def test_answers_without_torch(argv: tuple[str, ...], catalogued: Path) -> None:
+    assert heavy_imports(*argv, cache=catalogued) == []
 
 
-def test_the_probe_sees_an_import_of_torch() -> None:
-    # the same probe on a command that trains must report torch, or the test above proves nothing
-    assert "torch" in heavy_imports("list", "methods")
+def test_the_probe_sees_an_import_of_torch(tmp_path: Path) -> None:
+    # a listing without a catalogue imports the registry: the probe must see it, or the test
+    # above proves nothing
+    assert "torch" in heavy_imports("list", "methods", cache=tmp_path)

@@ -13,7 +13,6 @@ from bmdbench.backbones import (
     backbone_names,
     build_backbone,
     count_parameters,
-    describe,
 )
 from bmdbench.backbones.tiny import TinyNet
 from bmdbench.backbones.vgg import VGG
@@ -131,10 +130,6 @@ def test_count_parameters_trainable_only() -> None:
     total = count_parameters(backbone)
     backbone.features[0].weight.requires_grad_(False)
     assert count_parameters(backbone, trainable_only=True) == total - 8 * 1 * 9
-
-
-def test_describe_tiny() -> None:
-    assert describe("tiny") == [("tiny", count_parameters(build_backbone("tiny")), 16)]
 
 
 # --- pretrained weights ---------------------------------------------------------------
