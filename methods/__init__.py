@@ -29,7 +29,8 @@ def check_name(name: str) -> None:
 
 def catalogue() -> Catalogue:
     """What ``bmdbench list methods`` shows of each method (stage, stage-1 parent, the first
-    line of its docstring, its hyperparameters' defaults and search ranges), as :mod:`bmdbench.catalogue` keeps it."""
+    line of its docstring, its hyperparameters' defaults) and its search ranges, as
+    :mod:`bmdbench.catalogue` keeps them."""
     rows = {}
     for name in METHODS:
         method = METHODS.get(name)
