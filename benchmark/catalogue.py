@@ -162,10 +162,7 @@ def _files(module: str) -> list[tuple[str, int, int]]:
         return [(module, -1, -1)]  # not installed: the build will say so
     if spec.submodule_search_locations:
         paths = sorted(
-            p
-            for folder in spec.submodule_search_locations
-            for p in Path(folder).rglob("*.py")
-            if "__pycache__" not in p.parts
+            p for folder in spec.submodule_search_locations for p in Path(folder).rglob("*.py")
         )
     else:
         paths = [Path(spec.origin)] if spec.origin else []

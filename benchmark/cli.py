@@ -456,7 +456,11 @@ def list_methods() -> None:
     from bmdbench import catalogue
 
     table = Table(
-        "method", "stage", "stage-1 parent", "hyperparameters (--set NAME.KEY=...)", "description"
+        "method",
+        "stage",
+        "stage-1 parent",
+        "hyperparameter defaults (--set METHOD.KEY=...)",
+        "description",
     )
     for name, row in catalogue.load("method").rows.items():
         hparams = {k: v for k, v in row["hyperparameters"].items() if k != "stage1"}
