@@ -71,7 +71,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from bmdbench.config import Valid, at_least
+from bmdbench.config import at_least, from_up_to
 from bmdbench.data.module import Batch
 from bmdbench.methods.base import (
     METHODS,
@@ -84,8 +84,6 @@ from bmdbench.methods.base import (
 )
 from bmdbench.methods.losses import masked_mse
 
-DROPOUT = {"valid": Valid(lambda v: 0 <= v < 1, lambda: "a value in [0, 1)")}
-
 
 @dataclass(frozen=True)
 class UCVMEParams:
@@ -96,7 +94,7 @@ class UCVMEParams:
     # T: dropout samples per network averaged into the pseudo-labels (--samp_ssl)
     samples: int = field(default=5, metadata=at_least(1))
     # dropout rate on the embedding before the mean and log-variance heads (--drp_p)
-    dropout: float = field(default=0.05, metadata=DROPOUT)
+    dropout: float = field(default=0.05, metadata=from_up_to(0, 1))
 
 
 def heteroscedastic_loss(
