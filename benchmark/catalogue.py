@@ -27,17 +27,17 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, make_dataclass
 from importlib import import_module
 from importlib.metadata import PackageNotFoundError, entry_points, version
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import bmdbench
 from bmdbench import store
-from bmdbench.config import RunConfig, valid_keys
+from bmdbench.config import RULES, RunConfig, Valid, apply, check_fields, valid_keys
 from bmdbench.errors import ConfigError, OutputError
 from bmdbench.registry import unknown
 
@@ -105,10 +105,14 @@ def check(kind: str, name: str) -> None:
         load(kind).check(name)
 
 
-def check_method_settings(keys: Iterable[str]) -> None:
-    """Each ``method.field`` key names a registered method and one of its hyperparameters."""
+def check_method_settings(settings: Mapping[str, Any]) -> None:
+    """Each ``method.field`` key names a registered method and one of its hyperparameters,
+    and its value has the field's type and passes the field's declared rule: checked on a
+    stand-in of the field rebuilt from the catalogue, by the same code as the real one
+    (:func:`~bmdbench.config.apply`, :func:`~bmdbench.config.check_fields`). A rule a method
+    wrote itself (no :attr:`~bmdbench.config.Valid.rule`) is checked later, by its class."""
     methods = load("method").rows
-    for key in keys:
+    for key, value in settings.items():
         name, _, rest = key.partition(".")
         if name not in methods or not rest:
             raise ConfigError(
@@ -116,12 +120,52 @@ def check_method_settings(keys: Iterable[str]) -> None:
                 f"valid keys: {', '.join(valid_keys(RunConfig()))}, "
                 "or <method>.<field> for a method's hyperparameters (bmdbench list methods)",
             )
-        fields = methods[name]["hyperparameters"]
-        if rest not in fields:
+        row = methods[name]
+        if rest not in row["hyperparameters"]:
             raise ConfigError(
                 f"unknown setting {key!r}",
-                f"valid keys: {', '.join(f'{name}.{k}' for k in fields)}",
+                f"valid keys: {', '.join(f'{name}.{k}' for k in row['hyperparameters'])}",
             )
+        if (stand_in := _stand_in(rest, row)) is not None:
+            check_fields(apply(stand_in, {rest: value}, prefix=f"{name}."), f"{name}.")
+
+
+def stage1_names() -> list[str]:
+    """The registered stage-1 methods (those a stage-2 method may start from)."""
+    return [name for name, row in load("method").rows.items() if row["stage"] == 1]
+
+
+STAGE1 = {
+    "valid": Valid(
+        lambda name: name in stage1_names(),
+        lambda: f"a stage-1 method: {', '.join(stage1_names())}",
+        "is not a stage-1 method",
+        ("stage1", ()),
+    )
+}
+"""Metadata of a stage-2 method's ``stage1`` field: the method whose checkpoint it starts from."""
+
+_RULES = {**RULES, "stage1": lambda: STAGE1}
+_TYPES: dict[str, Any] = {"bool": bool, "int": int, "float": float, "str": str, "None": type(None)}
+
+
+def _stand_in(field_name: str, row: dict[str, Any]) -> Any:
+    """One field of a method's Params, as a dataclass of its own with the declared type,
+    default and rule; None for a field whose type is not made of builtin names (``float |
+    None`` is) or whose rule this code does not know (the class checks those)."""
+    check = row["checks"].get(field_name)
+    parts = [part.strip() for part in check["type"].split("|")] if check else ["?"]
+    if not all(part in _TYPES for part in parts):
+        return None
+    kinds = tuple(_TYPES[part] for part in parts)
+    try:
+        metadata = _RULES[rule[0]](*rule[1]) if (rule := check["rule"]) else {}
+    except (KeyError, TypeError):  # a rule that this code no longer has
+        return None
+    default = row["hyperparameters"][field_name]
+    one = field(default=default, metadata=metadata)
+    kind = kinds[0] if len(kinds) == 1 else Union[kinds]  # noqa: UP007 (built at run time)
+    return make_dataclass("StandIn", [(field_name, kind, one)], frozen=True)()
 
 
 @functools.cache

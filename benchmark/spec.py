@@ -14,7 +14,7 @@ loads the method registry only for the method's own part.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -76,9 +76,10 @@ class RunSpec:
         )
 
     def check_inputs(self) -> None:
-        """Resolve the run-wide settings, check the names (:func:`check_names`), read the
-        images and the split, all without torch: a mistake in the settings, a name, the
-        manifest, the split or the label budget is found before the engine is loaded. The
+        """Resolve the run-wide settings, check the names and the methods' settings
+        (:func:`check_names`), read the images and the split, all without torch: a mistake
+        in the settings, a name, the manifest, the split or the label budget is found
+        before the engine is loaded. The
         images stay decoded for the run (:func:`bmdbench.data.sources.load_images`)."""
         from bmdbench.data import sources
 
@@ -182,11 +183,12 @@ def resolve(
     return cfg
 
 
-def check_names(method: str, backbone: str, method_keys: Iterable[str]) -> None:
-    """The method, the backbone and the methods' settings' keys (``atl.margn``) exist:
-    checked from the registries' catalogues, so without torch (:mod:`bmdbench.catalogue`)."""
+def check_names(method: str, backbone: str, method_settings: Mapping[str, Any]) -> None:
+    """The method and the backbone exist, and so does each method setting's key
+    (``atl.margn``), whose value fits its field's type and declared rule: checked from the
+    registries' catalogues, so without torch (:mod:`bmdbench.catalogue`)."""
     catalogue.check("method", method)
-    catalogue.check_method_settings(method_keys)
+    catalogue.check_method_settings(method_settings)
     catalogue.check("backbone", backbone)
 
 

@@ -8,7 +8,8 @@ A new built-in method is one module here (and its test): nothing else names it.
 
 import importlib
 import pkgutil
-from dataclasses import asdict
+from dataclasses import Field, asdict, fields
+from typing import Any
 
 from bmdbench.catalogue import Catalogue
 from bmdbench.config import flatten
@@ -40,9 +41,18 @@ def catalogue() -> Catalogue:
             "parent": getattr(params, "stage1", None),
             "description": (method.__doc__ or "").strip().splitlines()[0],
             "hyperparameters": flatten(asdict(params)),
+            "checks": {f.name: _check(f) for f in fields(params)},
             "search_space": {key: asdict(r) for key, r in method.search_space.items()},
         }
     return Catalogue("method", rows)
+
+
+def _check(f: Field[Any]) -> dict[str, Any]:
+    """A hyperparameter's type (as written) and its declared rule, for the catalogue."""
+    valid = f.metadata.get("valid")
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    rule = None if valid is None or valid.rule is None else [valid.rule[0], list(valid.rule[1])]
+    return {"type": kind, "rule": rule}  # lists, as JSON writes them
 
 
 __all__ = [

@@ -11,6 +11,7 @@ import timm
 from bmdbench import catalogue
 from bmdbench.backbones import build_backbone, check_name, count_parameters
 from bmdbench.catalogue import Catalogue, _from_folder, _Registry
+from bmdbench.config import apply, check_fields
 from bmdbench.errors import ConfigError
 from bmdbench.methods import METHODS
 
@@ -30,6 +31,7 @@ def test_the_method_catalogue_lists_every_method_with_its_stage_parent_and_defau
         "parent": None,
         "description": "Supervised regression with the MSE loss alone.",
         "hyperparameters": {},
+        "checks": {},
         "search_space": {},
     }
     assert rows["proposed"]["stage"] == 2 and rows["proposed"]["parent"] == "atl"
@@ -39,6 +41,8 @@ def test_the_method_catalogue_lists_every_method_with_its_stage_parent_and_defau
         "margin": 0.5,
         "consistency_weight": 1.0,
     }
+    assert rows["proposed"]["checks"]["margin"] == {"type": "float", "rule": ["at_least", [0]]}
+    assert rows["proposed"]["checks"]["stage1"] == {"type": "str", "rule": ["stage1", []]}
     assert rows["proposed"]["search_space"]["margin"] == {
         "kind": "margin",
         "low": 0.05,
@@ -155,9 +159,39 @@ def test_a_backbone_name_is_accepted_from_the_catalogue_exactly_when_the_registr
 )
 def test_a_methods_unknown_setting_is_named_with_the_keys_it_could_be(key, message):
     with pytest.raises(ConfigError) as caught:
-        catalogue.check_method_settings([key])
+        catalogue.check_method_settings({key: "1"})
     assert str(caught.value).startswith(message)
-    catalogue.check_method_settings(["proposed.margin", "atl.weight"])  # known: no error
+    catalogue.check_method_settings({"proposed.margin": "0.3", "atl.weight": 1})  # no error
+
+
+BAD_VALUES = ("-1", "0", "1", "2", "1e9", "nan", "abc", "none", "atl", "pi_model")
+
+
+def _error(check, *args) -> str | None:
+    try:
+        check(*args)
+    except ConfigError as error:
+        return str(error)
+    return None
+
+
+def _real(name: str, field_name: str, value: str) -> None:
+    params = apply(METHODS.get(name).Params(), {field_name: value}, prefix=f"{name}.")
+    check_fields(params, f"{name}.")
+
+
+def test_a_methods_setting_is_judged_from_the_catalogue_as_its_own_class_judges_it(monkeypatch):
+    on_disk = Catalogue.from_json(catalogue.load("method").to_json())  # what a file holds
+    monkeypatch.setattr(catalogue, "load", lambda kind: on_disk)
+    checked = 0
+    for name, row in on_disk.rows.items():
+        for field_name in row["hyperparameters"]:
+            for value in BAD_VALUES:
+                key = f"{name}.{field_name}"
+                real = _error(_real, name, field_name, value)
+                assert _error(catalogue.check_method_settings, {key: value}) == real, key
+                checked += real is not None
+    assert checked > 100  # most of those values are wrong for most fields
 
 
 def test_a_name_no_registry_holds_is_the_registrys_own_error():

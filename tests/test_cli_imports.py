@@ -66,6 +66,9 @@ def catalogued(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("run", "--backbone", "nope"),
         ("run", "--set", "proposed.margn=1"),
         ("run", "--set", "propsed.margin=1"),
+        ("run", "--set", "proposed.margin=-1"),  # a hyperparameter's value: its declared rule
+        ("run", "--set", "ucvme.dropout=1"),
+        ("run", "--set", "proposed.stage1=pi_model"),
         ("grid", "--methods", "baseline,propsed", "--backbones", "tiny", "--seeds", "1"),
         ("tune", "nope"),
         ("tune", "margin", "--method", "propsed"),
