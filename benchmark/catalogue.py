@@ -14,9 +14,10 @@ plug-in shows at once, with nothing to run. A cache folder that cannot be writte
 only the import, every time.
 
 A process that has imported the package (a run, a grid worker, a test that registers a
-method of its own) asks the registry itself. A method's hyperparameter *values* are checked
-by the method's own dataclass, so an out-of-range one is reported after the import, still
-before anything is written; unknown names and keys are reported from the catalogue.
+method of its own) asks the registry itself. A method's catalogue row holds, besides what
+``list methods`` shows, each hyperparameter's type as written and its rule as declared
+(:attr:`~bmdbench.config.Valid.rule`), so that a ``--set METHOD.KEY=VALUE`` is checked here
+by the same code that checks it on the method's class (:func:`check_method_settings`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Catalogue:
     """One registry's names and listing. Built by its package's ``catalogue()`` function."""
 
     kind: str  # "method" | "backbone"
-    rows: dict[str, dict[str, Any]]  # registered name → what `bmdbench list` shows of it
+    rows: dict[str, dict[str, Any]]  # registered name → what `bmdbench list` shows, and more
     unlisted: tuple[str, ...] = ()  # more names a run may use: timm's architectures
     more: str = ""  # the error's words for ``unlisted`` ("or any timm model name")
 
