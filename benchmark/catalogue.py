@@ -2,16 +2,16 @@
 answered without importing torch.
 
 Both registries are filled by torch modules, so asking them costs an import of torch (and
-of timm, for the backbones): 2 to 12 s on a laptop. A process that has not imported a
-registry's package reads the registry's :class:`Catalogue` instead: a JSON file in the
-cache folder (:func:`~bmdbench.data.cache.default_cache_dir`), written by the first command
-that needed it, and read while its fingerprint holds. The fingerprint covers all that the
-catalogue is made of: bmdbench's version, the size and modification time of every file of
-the registering package, the versions of the libraries it draws names from (timm), and
-each installed plug-in of the registry's entry-point group (its entry point, distribution
-and version, and the files of its module). So an edited method or a newly installed
-plug-in shows at once, with nothing to run. A cache folder that cannot be written costs
-only the import, every time.
+of timm, for the backbones): 2 to 12 s on the 2-core development machine. A process that
+has not imported a registry's package reads the registry's :class:`Catalogue` instead: a
+JSON file in the cache folder (:func:`~bmdbench.data.cache.default_cache_dir`), written by
+the first command that needed it, and read while its fingerprint holds. The fingerprint
+covers all that the catalogue is made of: bmdbench's version, the size and modification
+time of every file of the registering package, the versions of the libraries it draws
+names from (timm), and each installed plug-in of the registry's entry-point group (its
+entry point, distribution and version, and the files of its top-level package or module).
+So an edited method or a newly installed plug-in shows at once, with nothing to run. A
+cache folder that cannot be written costs only the import, every time.
 
 A process that has imported the package (a run, a grid worker, a test that registers a
 method of its own) asks the registry itself. A method's catalogue row holds, besides what
@@ -192,13 +192,14 @@ def _fingerprint(registry: _Registry) -> str:
     for point in sorted(entry_points(group=registry.group), key=lambda p: (p.name, p.value)):
         dist = point.dist
         owner = (dist.name, dist.version) if dist is not None else None
-        parts += [(point.name, point.value, owner), *_files(point.module)]
+        parts += [(point.name, point.value, owner), *_files(point.module.partition(".")[0])]
     return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
 
 
 def _files(module: str) -> list[tuple[str, int, int]]:
-    """(path, size, mtime) of a module's file, or of every file of a package's folders.
-    Finding a submodule imports its parents (``bmdbench``; a plug-in's package), not it."""
+    """(path, size, mtime) of a module's file, or of every file of a package's folders
+    (a plug-in's whole top-level package, wherever its entry point's class is). Finding a
+    submodule imports its parents (``bmdbench`` for ``bmdbench.methods``), not it."""
     try:
         spec = find_spec(module)
     except (ImportError, ValueError):

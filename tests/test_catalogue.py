@@ -118,6 +118,17 @@ def test_the_fingerprint_follows_the_package_its_libraries_and_its_plugins(tmp_p
     assert changed()
     (tmp_path / "a_plugin.py").write_text("def make(): return 1\n")  # the plug-in edited
     assert changed()
+    plugin = tmp_path / "b_plugin"  # a plug-in package, its class in a submodule
+    plugin.mkdir()
+    (plugin / "__init__.py").write_text("")
+    (plugin / "impl.py").write_text("from b_plugin.params import P\ndef make(): ...\n")
+    (plugin / "params.py").write_text("P = 1\n")
+    (info / "entry_points.txt").write_text(
+        "[bmdbench.test_catalogue]\nthing = a_plugin:make\nother = b_plugin.impl:make\n"
+    )
+    assert changed()
+    (plugin / "params.py").write_text("P = 22\n")  # a module its class imports, edited
+    assert changed()
 
 
 def test_a_backbone_name_is_accepted_from_the_catalogue_exactly_when_the_registry_takes_it():
