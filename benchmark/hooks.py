@@ -181,19 +181,19 @@ class BestCheckpoint(Hook):
 
 
 class DivergenceGuard(Hook):
-    """Raises :class:`~bmdbench.errors.Diverged` (with the 0-based epoch) when the running
-    loss is not finite at a display step, or when any of an epoch's mean losses is not finite
-    (before that epoch's validation)."""
+    """Raises :class:`~bmdbench.errors.Diverged` (with the epoch numbered from 1, as the log
+    numbers it) when the running loss is not finite at a display step, or when any of an
+    epoch's mean losses is not finite (before that epoch's validation)."""
 
     def after_step(self, state: FitState) -> None:
         if state.display_step:
             running = state.running_loss()
             if not math.isfinite(running):
-                raise Diverged(state.ctx.epoch, {"loss": running})
+                raise Diverged(state.ctx.epoch + 1, {"loss": running})
 
     def before_validation(self, state: FitState) -> None:
         if not all(math.isfinite(v) for v in state.epoch_losses.values()):
-            raise Diverged(state.ctx.epoch, state.epoch_losses)
+            raise Diverged(state.ctx.epoch + 1, state.epoch_losses)
 
 
 class EpochLog(Hook):

@@ -120,7 +120,7 @@ def test_a_nan_loss_raises_diverged_at_the_first_display_step(imageset):
     calls: list[str] = []
     with pytest.raises(Diverged) as diverged:
         fit(imageset, calls, nan_loss=True)
-    assert diverged.value.epoch == 0 and math.isnan(diverged.value.losses["loss"])
+    assert diverged.value.epoch == 1 and math.isnan(diverged.value.losses["loss"])
     # the epoch's last step is its first display step; hooks after the guard miss it
     assert calls[-3:] == ["after_step 0.1", "after_step 0.2", "after_stage"]
 
@@ -139,7 +139,7 @@ def test_the_guard_checks_the_running_loss_only_at_display_steps():
     for steps in (DISPLAY_EVERY, 2 * DISPLAY_EVERY, 2 * DISPLAY_EVERY + 1):
         with pytest.raises(Diverged) as diverged:
             guard.after_step(state_after(steps, {"loss": math.inf}))
-        assert diverged.value.epoch == 4 and diverged.value.losses == {"loss": math.inf}
+        assert diverged.value.epoch == 5 and diverged.value.losses == {"loss": math.inf}
     guard.after_step(state_after(DISPLAY_EVERY, {"loss": 1e30, "mse": math.nan}))
 
 
