@@ -58,8 +58,12 @@ class Catalogue:
     def check(self, name: str) -> None:
         """Raise the registry's own error unless ``name`` is registered or unlisted (which
         may carry a pretrained tag: ``resnet50.a1_in1k``)."""
-        if name not in self.rows and name.split(".", 1)[0] not in set(self.unlisted):
+        if name not in self.rows and name.split(".", 1)[0] not in self._unlisted:
             raise unknown(self.kind, name, list(self.rows), self.more, self.unlisted)
+
+    @functools.cached_property
+    def _unlisted(self) -> frozenset[str]:  # built once, not on every grid cell's check
+        return frozenset(self.unlisted)
 
     def to_json(self) -> str:
         return json.dumps({"format": FORMAT, **asdict(self)}, default=str)

@@ -79,8 +79,8 @@ class RunSpec:
         """Resolve the run-wide settings, check the names and the methods' settings
         (:func:`check_names`), read the images and the split, all without torch: a mistake
         in the settings, a name, the manifest, the split or the label budget is found
-        before the engine is loaded. The
-        images stay decoded for the run (:func:`bmdbench.data.sources.load_images`)."""
+        before the engine is loaded. The images stay decoded for the run
+        (:func:`bmdbench.data.sources.load_images`)."""
         from bmdbench.data import sources
 
         cfg, method_keys = run_settings(
