@@ -240,6 +240,9 @@ class RunConfig:
     amp: str = field(default="auto", metadata=one_of("auto", "bf16", "off"))
     # torch.compile the networks (Trainer.prepare); off until measured to help (README, Speed)
     compile: bool = False
+    # before every validation, recompute batch-norm statistics over the labeled training
+    # images with the current weights (Trainer.refresh_batch_norm)
+    precise_bn: bool = True
     image_size: int = field(default=64, metadata=between(16, 4096))  # ROI side, pixels
     synth: SynthConfig = field(default_factory=SynthConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -252,7 +255,14 @@ class RunConfig:
     parent: RunConfig | None = None  # stage-1 config for stage-2 methods (set by `resolve`)
 
 
-TRIPLET_METHODS = ("triplet", "atl", "pseudo_label_atl", "proposed", "proposed_no_consistency")
+TRIPLET_METHODS = (
+    "triplet",
+    "atl",
+    "pseudo_label_atl",
+    "proposed",
+    "proposed_no_consistency",
+    "control_atl",
+)
 """The methods whose loss has a triplet term weighted by ``<method>.weight`` (λ)."""
 
 PRESETS: dict[str, dict[str, Any]] = {

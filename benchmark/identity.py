@@ -10,7 +10,8 @@ parent's identity. Left out:
 - for a stage-1 method, what only stage 2 reads: ``stage2``, ``unlabeled`` and
   ``synth.n_unlabeled``, so that every stage-2 method of a grid shares one stage-1 run;
 - ``split.allow_overlap``: what it drops from the unlabeled pool is in the split's
-  fingerprint, which :func:`config_hash` covers.
+  fingerprint, which :func:`config_hash` covers;
+- a setting of :data:`BEFORE` at the value every run had before it existed.
 
 Three keys follow from it (:class:`bmdbench.spec.RunSpec` exposes them for a spec):
 
@@ -36,13 +37,20 @@ EXECUTION_ONLY = ("device", "compile", "preset")
 STAGE2_ONLY = ("stage2", "unlabeled")
 """Config keys a stage-1 run never reads (and ``synth.n_unlabeled``)."""
 
+BEFORE = {"precise_bn": False}
+"""Settings added after runs were recorded, with the value that reproduces those runs: at
+that value a setting is left out of the identity, so an earlier run keeps its identity (and
+its run directory), and a run at the new default gets a new one."""
+
 
 def identity(config: dict[str, Any], with_seed: bool = True) -> dict[str, Any]:
     """The part of a resolved config (as :func:`bmdbench.config.to_dict` writes it) that
     defines a run; a stage-2 config's ``parent`` is replaced by the parent's identity.
     Keys a config lacks (records written before a setting existed) are simply absent."""
     dropped = EXECUTION_ONLY if with_seed else (*EXECUTION_ONLY, "seed")
-    ident = {k: v for k, v in config.items() if k not in dropped}
+    ident = {
+        k: v for k, v in config.items() if k not in dropped and not (k in BEFORE and v == BEFORE[k])
+    }
     if "split" in ident:
         ident["split"] = {k: v for k, v in ident["split"].items() if k != "allow_overlap"}
     if config.get("parent") is None:

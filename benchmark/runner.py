@@ -259,7 +259,13 @@ def _train(
     store.write_json(run_dir / "config.json", to_dict(cfg))
     store.write_json(run_dir / "split.json", split.to_json(images))
     trainer = Trainer(
-        device, run_dir / "epochs.jsonl", console, show_progress, amp=cfg.amp, compile=cfg.compile
+        device,
+        run_dir / "epochs.jsonl",
+        console,
+        show_progress,
+        amp=cfg.amp,
+        compile=cfg.compile,
+        precise_bn=cfg.precise_bn,
     )
     stage = cfg.stage2 if method.stage == 2 else cfg.stage1
     result = trainer.fit(
@@ -279,6 +285,7 @@ def _train(
         frame = pd.DataFrame(
             {
                 "id": images.ids[idx],
+                "patient": images.patient_ids[idx],
                 "target": images.targets[idx],
                 "prediction": result.predictions[part],
             }

@@ -2,7 +2,8 @@
 ``check_estimator``), and the tiny dataset it trains on.
 
 ``check_method(cls)`` is what ``tests/methods/test_contract.py`` runs over every registered
-method (STYLE.md, principle 5); a plug-in package calls it in its own tests. It needs no
+method (one contract for all of them, so that no method can skip a check); a plug-in package
+calls it in its own tests. It needs no
 pytest fixture and no registration: it builds the method on the ``tiny`` backbone over
 :func:`make_imageset`'s 56 images of 16 px and trains on the CPU, in seconds.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ from bmdbench.data.augment import BatchAugment
 from bmdbench.data.imageset import ImageSet
 from bmdbench.data.module import DataModule
 from bmdbench.data.splits import make_split
+from bmdbench.hooks import FitState, Hook
 from bmdbench.methods import Method, Regressor
 from bmdbench.trainer import FitResult, Trainer, seed_everything
 
@@ -76,10 +79,13 @@ def check_method(cls: type[Method], params: Any = None) -> None:
       (a further network left out would never be stepped);
     - ``training_step`` returns finite scalar losses, ``"loss"`` among them, and its
       backward gives every trainable parameter a finite gradient, none of them all zero;
-    - the losses named in ``unsupervised_terms`` (a stage-2 method must name some) alone
+    - the losses named in ``unsupervised_terms`` (a stage-2 method must name some, a
+      labeled-only control none) alone
       give the trainable parameters a non-zero gradient (a consistency term whose both
       sides come from a no-grad teacher trains nothing: USB's Mean Teacher bug);
     - two fits from the same seed give the same numbers;
+    - no fit reads the test split's images or targets before training is over: checkpoint
+      selection, pseudo-label refreshes and every hook see validation only;
     - a fit's checkpoint (``torch.save`` of its state dict) loads with ``weights_only=True``
       into a fresh method, which then predicts what the fitted one did.
     """
@@ -147,12 +153,20 @@ def _check_declarations(cls: type[Method], params: Any) -> tuple[Any, StageConfi
     _require(cls.stage in (1, 2), cls, f"stage is {cls.stage!r}, not 1 or 2")
     if cls.stage == 2:
         _require("stage1" in names, cls, "a stage-2 method's Params need a stage1 field")
-        _require(
-            cls.unsupervised_terms,
-            cls,
-            "a stage-2 method learns from unlabeled images: name the loss parts that come "
-            "from them in unsupervised_terms",
-        )
+        if cls.labeled_only:
+            _require(
+                not cls.unsupervised_terms,
+                cls,
+                "a labeled-only stage-2 method (a control) sees no unlabeled image: it has no "
+                "unsupervised_terms",
+            )
+        else:
+            _require(
+                cls.unsupervised_terms,
+                cls,
+                "a stage-2 method learns from unlabeled images: name the loss parts that come "
+                "from them in unsupervised_terms",
+            )
     params = spec() if params is None else params
     _require(isinstance(params, spec), cls, f"params {params!r} is not a {spec.__name__}")
     size, why = cls.min_batch_size(params)
@@ -176,9 +190,11 @@ def _build(cls: type[Method], params: Any) -> Method:
     return cls(_tiny_regressor(), params, new_regressor=_tiny_regressor)
 
 
-def _data(images: ImageSet) -> DataModule:
+def _data(images: ImageSet) -> _WatchedTest:
     """24 labeled training images and 16 unlabeled ones; 8 for validation, 8 for test."""
-    return DataModule(images, make_split(images, SplitConfig(val=8, test=8)), CPU)
+    data = _WatchedTest(images, make_split(images, SplitConfig(val=8, test=8)), CPU)
+    data.watch(_TrainingOver())
+    return data
 
 
 def _check_gradients(cls: type[Method], params: Any, stage: StageConfig, images: ImageSet) -> None:
@@ -256,13 +272,48 @@ def _check_gradients(cls: type[Method], params: Any, stage: StageConfig, images:
         )
 
 
+class _TrainingOver(Hook):
+    """Marks the end of training: its ``after_stage`` fires before the final scoring."""
+
+    over = False
+
+    def after_stage(self, state: FitState) -> None:
+        self.over = True
+
+
+class _WatchedTest(DataModule):
+    """A DataModule that records, for each read of the test split's images or targets,
+    whether training was over at that moment."""
+
+    def watch(self, clock: _TrainingOver) -> None:
+        self.clock, self.test_reads = clock, []
+
+    def eval_chunks(self, split: str, chunk: int = 256) -> Iterator[torch.Tensor]:
+        if split == "test":
+            self.test_reads.append(self.clock.over)
+        return super().eval_chunks(split, chunk)
+
+    def eval_targets(self, split: str) -> np.ndarray:
+        if split == "test":
+            self.test_reads.append(self.clock.over)
+        return super().eval_targets(split)
+
+
 def _fit(
     cls: type[Method], params: Any, stage: StageConfig, images: ImageSet
 ) -> tuple[FitResult, DataModule]:
-    """One seeded epoch of ``cls`` through the Trainer."""
+    """One seeded epoch of ``cls`` through the Trainer, which must not read the test split
+    before training is over (selection, refreshes and hooks see validation only)."""
     method, data = _build(cls, params), _data(images)
+    clock = _TrainingOver()
+    data.watch(clock)
     generator = seed_everything(3)
     fit = Trainer(CPU, show_progress=False).fit(
-        method, data, stage, BatchAugment(AugmentConfig()), generator
+        method, data, stage, BatchAugment(AugmentConfig()), generator, hooks=[clock]
+    )
+    _require(
+        data.test_reads and all(data.test_reads),
+        cls,
+        "the test split was read before training was over (it is scored once, at the end)",
     )
     return fit, data

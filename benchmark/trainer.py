@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
+from torch.optim.swa_utils import update_bn
 
 from bmdbench.config import StageConfig
 from bmdbench.data.augment import BatchAugment
@@ -93,8 +94,10 @@ class Trainer:
         show_progress: bool = True,
         amp: str = "auto",
         compile: bool = False,
+        precise_bn: bool = True,
     ) -> None:
         self.device = device
+        self.precise_bn = precise_bn
         self.cuda = device.type == "cuda"
         self.mixed = amp == "bf16" or (amp == "auto" and self.cuda)
         self.compile = compile
@@ -181,6 +184,7 @@ class Trainer:
         state = FitState(method, ctx)
         history: list[dict[str, Any]] = []
         images_seen = 0
+        self.refresh_batch_norm(method, data)
         ctx.val, _ = self.evaluate(method, data, "val")
         fire.before_stage(state)
         try:
@@ -208,6 +212,7 @@ class Trainer:
                 method.on_epoch_end(ctx)
                 state.epoch_losses = {k: float(v) / steps for k, v in state.loss_sums.items()}
                 fire.before_validation(state)
+                self.refresh_batch_norm(method, data)
                 ctx.val, _ = self.evaluate(method, data, "val")
                 state.record = {
                     "epoch": epoch + 1,
@@ -241,10 +246,13 @@ class Trainer:
         self, method: Method, data: DataModule, stage: StageConfig, generator: torch.Generator
     ) -> Iterator[Batch]:
         """Stage 1: shuffled labeled images. Stage 2: a fixed labeled share per batch for
-        methods whose unlabeled images carry no target (``method.two_stream``), otherwise
-        labeled and pseudo-labeled images shuffled together (pseudo labels are labels)."""
+        methods whose unlabeled images carry no target (``method.two_stream``), labeled images
+        alone for the supervised control (``method.labeled_only``), otherwise labeled and
+        pseudo-labeled images shuffled together (pseudo labels are labels)."""
         if method.stage == 1:
             return data.train_batches(stage.batch_size, False, generator)
+        if method.labeled_only:
+            return data.labeled_batches(stage.batch_size, generator)
         if method.two_stream:
             return data.two_stream_batches(stage.batch_size, stage.labeled_per_batch, generator)
         return data.train_batches(stage.batch_size, True, generator)
@@ -270,6 +278,23 @@ class Trainer:
             epochs=stage.epochs,
             steps_per_epoch=data.steps_per_epoch(stage.batch_size, method.stage == 2),
         )
+
+    @torch.no_grad()
+    def refresh_batch_norm(self, method: Method, data: DataModule) -> None:
+        """With ``precise_bn``: recompute every batch-norm layer's running statistics over
+        the labeled training images, un-augmented, with the current weights
+        (``torch.optim.swa_utils.update_bn``: reset, then a cumulative average over chunks),
+        for each regressor of ``method``. Without it, the running statistics an evaluation
+        uses are a momentum-0.1 average over the last few training batches: augmented images,
+        and weights that moved at every step, which at a high learning rate shifts every
+        prediction by an amount that changes from epoch to epoch (README, "The supervised
+        loop")."""
+        if not self.precise_bn:
+            return
+        for module in method.modules():
+            if isinstance(module, Regressor):
+                with self.autocast():
+                    update_bn((self.layout(chunk) for chunk in data.labeled_chunks()), module)
 
     @torch.no_grad()
     def evaluate(

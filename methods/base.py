@@ -97,7 +97,9 @@ class Method(nn.Module):
     carry ``stage1``, the method whose checkpoint they start from).
     ``two_stream``: the stage-2 batches of a method whose unlabeled images have no
     target hold ``stage2.labeled_per_batch`` labeled images each (consistency methods);
-    otherwise labeled and pseudo-labeled images are shuffled together.
+    otherwise labeled and pseudo-labeled images are shuffled together; ``labeled_only``:
+    batches of labeled images alone, as many steps as any stage-2 method (the supervised
+    controls, :mod:`bmdbench.methods.control`).
     ``unsupervised_terms`` names the returned loss parts that come from unlabeled
     images (before weighting): the contract test checks they alone give the
     student a gradient.
@@ -112,6 +114,7 @@ class Method(nn.Module):
     search_space: ClassVar[dict[str, Range]] = {}  # Params field → its search range
     stage: ClassVar[int] = 1
     two_stream: ClassVar[bool] = False  # stage 2: a fixed number of labeled images per batch
+    labeled_only: ClassVar[bool] = False  # stage 2: batches of labeled images only (controls)
     unsupervised_terms: ClassVar[tuple[str, ...]] = ()
 
     def __init__(

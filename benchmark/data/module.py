@@ -127,6 +127,16 @@ class DataModule:
             index = torch.cat([labeled[step], unlabeled[step]])
             yield self._batch(index)
 
+    def labeled_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
+        """One stage-2 epoch of labeled images only: as many steps as one pass over the whole
+        pool (:meth:`steps_per_epoch`), each batch ``batch_size`` labeled images from
+        back-to-back shuffles of them (the equal-compute supervised control's batches)."""
+        steps = self.steps_per_epoch(batch_size, with_unlabeled=True)
+        size = min(batch_size, self.n_labeled)
+        order = _stream(self.n_labeled, size * steps, generator).view(steps, size)
+        for index in order.to(self.device):
+            yield self._batch(index)
+
     def steps_per_epoch(self, batch_size: int, with_unlabeled: bool) -> int:
         return steps_per_epoch(self.pool_size if with_unlabeled else self.n_labeled, batch_size)
 
@@ -134,6 +144,13 @@ class DataModule:
         """The whole training pool in order, float, un-augmented, for pool-wide predictions."""
         for start in range(0, self.pool_size, chunk):
             yield self.to_float(self._pool_images[start : start + chunk])
+
+    def labeled_chunks(self, chunk: int = 256) -> Iterator[torch.Tensor]:
+        """The labeled training images in pool order, float, un-augmented, in chunks of
+        nearly equal size (none of one image, which batch norm in training mode refuses)."""
+        bounds = np.linspace(0, self.n_labeled, -(-self.n_labeled // chunk) + 1).round()
+        for start, stop in zip(bounds[:-1].astype(int), bounds[1:].astype(int), strict=True):
+            yield self.to_float(self._pool_images[start:stop])
 
     def eval_chunks(self, split: str, chunk: int = 256) -> Iterator[torch.Tensor]:
         pixels, _ = self._eval[split]

@@ -1,4 +1,4 @@
-"""The contract every registered method must meet (STYLE.md, principle 5), run by
+"""The contract every registered method must meet, run by
 :func:`bmdbench.testing.check_method`, and the checker's own tests: it catches what it is
 there to catch."""
 
@@ -147,3 +147,19 @@ class DeadSecondNetwork(CoTraining):
 def test_check_method_catches_a_network_whose_gradient_is_zero():
     with pytest.raises(AssertionError, match=r"gradient is zero for \['second\."):
         check_method(DeadSecondNetwork)
+
+
+def test_check_method_catches_a_trainer_that_peeks_at_test(monkeypatch):
+    """A loop that scores test after every epoch (and could select on it) is caught."""
+    from bmdbench.trainer import Trainer
+
+    evaluate = Trainer.evaluate
+
+    def peeking(self, method, data, split):
+        if split == "val":
+            evaluate(self, method, data, "test")
+        return evaluate(self, method, data, split)
+
+    monkeypatch.setattr(Trainer, "evaluate", peeking)
+    with pytest.raises(AssertionError, match="test split was read before training was over"):
+        check_method(METHODS.get("baseline"))
