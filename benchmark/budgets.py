@@ -22,8 +22,9 @@ import pandas as pd
 
 from bmdbench import store
 from bmdbench.errors import ConfigError, DataError
-from bmdbench.results import N_RESAMPLES, cell_runs, load_runs, table_stats
+from bmdbench.results import cell_runs, load_runs, table_stats
 from bmdbench.spec import RunSpec
+from bmdbench.statistics import N_RESAMPLES
 
 REFERENCE = "baseline"  # every budget's methods are compared with the baseline at that budget
 CEILING = "all"  # the budget label of the fully supervised ceiling
@@ -45,9 +46,30 @@ def parse_budgets(text: str | None) -> list[float]:
     return sorted(budgets)
 
 
-def methods_with_reference(methods: Sequence[str]) -> list[str]:
-    """The methods, the baseline first (added when missing): it is every budget's reference."""
-    return [REFERENCE, *(m for m in methods if m != REFERENCE)]
+def methods_with_reference(methods: Sequence[str], base: RunSpec) -> list[str]:
+    """The methods, the baseline first (added when missing): it is every budget's reference;
+    then, for each stage-2 method, the control of its stage-1 parent (its equal-compute
+    supervised control, :mod:`bmdbench.methods.control`), each once."""
+    from bmdbench.methods.control import control_for
+
+    listed = [REFERENCE, *(m for m in methods if m != REFERENCE)]
+    controls = []
+    for method in listed:
+        parent = base.but(method=method).config.parent
+        control = control_for(parent.method) if parent is not None else None
+        if control is not None and control not in listed and control not in controls:
+            controls.append(control)
+    return [*listed, *controls]
+
+
+def control_of(method: str, base: RunSpec) -> str | None:
+    """The control a method of the curve is compared with (None for a stage-1 method)."""
+    from bmdbench.methods.control import control_for
+
+    parent = base.but(method=method).config.parent
+    if parent is None or base.but(method=method).config.method == control_for(parent.method):
+        return None
+    return control_for(parent.method)
 
 
 def budget_cells(
@@ -68,7 +90,7 @@ def budget_cells(
     cells = [
         base.but(method=m, seed=s, settings={**sets, "split.train": b})
         for b in budgets
-        for m in methods_with_reference(methods)
+        for m in methods_with_reference(methods, base)
         for s in range(seeds)
     ]
     return cells + [base.but(method=REFERENCE, seed=s, settings=sets) for s in range(seeds)]
@@ -83,22 +105,35 @@ def budget_stats(
     n_resamples: int = N_RESAMPLES,
 ) -> pd.DataFrame:
     """One row per (budget, method) and the ceiling's: ``budget`` (the count, or
-    :data:`CEILING`), ``n_labeled`` (labeled training images the runs saw), ``method``, then
-    :data:`bmdbench.results.STAT_COLUMNS`; ΔR against the baseline of the same budget."""
-    order = methods_with_reference(methods)
-    parts = []
+    :data:`CEILING`), ``n_labeled`` (labeled training images the runs saw), ``method``,
+    ``control`` (the method its ΔR vs control is against, "" for none), then
+    :data:`bmdbench.results.STAT_COLUMNS`; ΔR against the baseline and against the control
+    of the same budget. The whole curve is one Holm family ("labels")."""
+    order = methods_with_reference(methods, base)
+    controls = {m: control_of(m, base) or "" for m in order}
+    keys: list[tuple[str, str]] = []
+    frames = []
     for budget in [*budgets, None]:
         group = order if budget is not None else [REFERENCE]
         extra = {} if budget is None else {"split.train": budget}
-        specs = [base.but(method=m, settings={**sets, **extra}) for m in group]
-        frames = [cell_runs(runs, [s.signature]) for s in specs]
         label = CEILING if budget is None else f"{budget:g}"
-        tidy = table_stats(f"labels|{label}", frames, reference=0, n_resamples=n_resamples)
-        tidy.insert(0, "method", group)
-        tidy.insert(0, "n_labeled", [_n_labeled(f) for f in frames])
-        tidy.insert(0, "budget", label)
-        parts.append(tidy)
-    return pd.concat(parts, ignore_index=True)
+        for method in group:
+            spec = base.but(method=method, settings={**sets, **extra})
+            keys.append((label, method))
+            frames.append(cell_runs(runs, [spec.signature]))
+    references = {
+        "base": [keys.index((label, REFERENCE)) for label, _ in keys],
+        "control": [
+            keys.index((label, controls[m])) if controls.get(m) else None for label, m in keys
+        ],
+    }
+    tidy = table_stats("labels", frames, references, n_resamples=n_resamples)
+    tidy.insert(0, "control", [controls.get(m, "") for _, m in keys])
+    tidy.insert(0, "label", [m for _, m in keys])
+    tidy.insert(0, "method", [m for _, m in keys])
+    tidy.insert(0, "n_labeled", [_n_labeled(f) for f in frames])
+    tidy.insert(0, "budget", [label for label, _ in keys])
+    return tidy
 
 
 def _n_labeled(frame: pd.DataFrame) -> float:
@@ -118,7 +153,7 @@ def publish(
 ) -> list[Path]:
     """``bmdbench table labels``: the table in each of ``formats`` (``out/tables/labels.*``;
     the CSV is the tidy form) and the figure (``out/figures/labels.{png,pdf}``)."""
-    from bmdbench.tables import format_cells, write_frame
+    from bmdbench.tables import data_name, format_cells, write_frame
 
     runs = load_runs(out)
     tidy = budget_stats(runs, methods, budgets, sets, base)
@@ -127,15 +162,9 @@ def publish(
             "no finished run of this label-budget grid is in the store",
             "run bmdbench grid labels with the same options first (and the same --out)",
         )
-    shown = []
-    for _, group in tidy.groupby("budget", sort=False):
-        cells = format_cells(group.reset_index(drop=True), 0, "md", N_RESAMPLES)
-        cells.insert(0, "method", list(group["method"]))
-        cells.insert(0, "labels", list(group["budget"]))
-        shown.append(cells)
-    frame = pd.concat(shown, ignore_index=True)
+    frame = format_cells(tidy, REFERENCE, "md")
     frame.index = pd.Index(
-        [f"{b} · {m}" for b, m in zip(frame.pop("labels"), frame.pop("method"), strict=True)],
+        [f"{b} · {m}" for b, m in zip(tidy["budget"], tidy["method"], strict=True)],
         name="labels · method",
     )
     used = runs[
@@ -143,11 +172,14 @@ def publish(
     ]
     unit = str(used["unit"].iloc[0]) if len(used) else ""
     footer = (
-        f"Data {base.data}, preset {base.preset}, up to {int(tidy['seeds'].max())} seeds per "
-        "cell; 'all': the baseline with every labeled training image. R's 95 % CI: two-level "
-        f"bootstrap over seeds and test images (B = {N_RESAMPLES}); ΔR against the baseline at "
-        "the same budget, paired by seed, Holm-adjusted within a budget. "
-        f"Measured with bmdbench grid labels; runs in {out / 'runs'}."
+        f"Data {data_name(base.data)}, preset {base.preset}, up to {int(tidy['seeds'].max())} "
+        "seeds per cell; 'all': the baseline with every labeled training image. CIs and p: "
+        "per-seed values with a two-level standard error (seeds, and test patients by a "
+        f"bootstrap over patients, B = {N_RESAMPLES}), Student's t with n − 1 degrees of "
+        "freedom. ΔR against the baseline and against the equal-compute supervised control "
+        "of the method's parent, both at the same budget, paired by seed; Holm family "
+        "'labels': every comparison of the curve, per kind. Bold ΔR: Holm p < 0.05. "
+        "Measured with bmdbench grid labels."
     )
     title = "Test R by number of labeled training images (mean ± SD over seeds)"
     tables = out / "tables"

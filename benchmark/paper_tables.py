@@ -19,6 +19,7 @@ class TableCell:
     paper_r: float | None = None  # the paper's reported test R and RMSE (g/cm²)
     paper_rmse: float | None = None
     group: str = ""  # Table 3: the column group (Triplet Loss | ATL)
+    control: str | None = None  # label of the cell of this stage-2 cell's supervised control
 
 
 @dataclass(frozen=True)
@@ -39,12 +40,18 @@ def _margins(method: str, group: str, rs: list[float], rmses: list[float]) -> li
 
 
 _BASELINE = TableCell("Baseline", "baseline", None, (), 0.8520, 0.0831)
+# the equal-compute supervised controls (bmdbench.methods.control): each stage-2 row's ΔR
+# against the control of its own parent is the gain from the unlabeled images
+_CONTROL = TableCell("Control", "control")
+_CONTROL_ATL = TableCell("Control (ATL)", "control_atl")
 TABLE2_CELLS = (
     _BASELINE,
-    TableCell("Π-model", "pi_model", None, (), 0.8637, 0.0828),
-    TableCell("Temp. Ensemble", "temporal_ensembling", None, (), 0.8722, 0.0832),
-    TableCell("Mean Teacher", "mean_teacher", None, (), 0.8600, 0.0817),
-    TableCell("Proposed", "proposed", None, (), 0.8805, 0.0758),
+    _CONTROL,
+    TableCell("Π-model", "pi_model", None, (), 0.8637, 0.0828, control="Control"),
+    TableCell("Temp. Ensemble", "temporal_ensembling", None, (), 0.8722, 0.0832, control="Control"),
+    TableCell("Mean Teacher", "mean_teacher", None, (), 0.8600, 0.0817, control="Control"),
+    _CONTROL_ATL,
+    TableCell("Proposed", "proposed", None, (), 0.8805, 0.0758, control="Control (ATL)"),
 )
 
 TABLES: dict[str, PaperTable] = {
@@ -97,12 +104,22 @@ TABLES: dict[str, PaperTable] = {
         (
             _BASELINE,
             TableCell("Baseline + ATL", "atl", None, (), 0.8670, 0.0806),
-            TableCell("SSL", "pseudo_label", None, (), 0.8605, 0.0809),
-            TableCell("SSL + ATL", "pseudo_label_atl", None, (), 0.8772, 0.0767),
+            _CONTROL,
+            TableCell("SSL", "pseudo_label", None, (), 0.8605, 0.0809, control="Control"),
+            _CONTROL_ATL,
             TableCell(
-                "Proposed w/o Consistency", "proposed_no_consistency", None, (), 0.8776, 0.0761
+                "SSL + ATL", "pseudo_label_atl", None, (), 0.8772, 0.0767, control="Control (ATL)"
             ),
-            TableCell("Proposed", "proposed", None, (), 0.8805, 0.0758),
+            TableCell(
+                "Proposed w/o Consistency",
+                "proposed_no_consistency",
+                None,
+                (),
+                0.8776,
+                0.0761,
+                control="Control (ATL)",
+            ),
+            TableCell("Proposed", "proposed", None, (), 0.8805, 0.0758, control="Control (ATL)"),
         ),
         reference="Baseline",
         layout="rows",
@@ -112,11 +129,11 @@ TABLES: dict[str, PaperTable] = {
         "Semi-supervised regression methods since the paper, beside the paper's",
         (
             *TABLE2_CELLS,
-            TableCell("UCVME", "ucvme"),
-            TableCell("MixMatch", "mixmatch"),
-            TableCell("RDA", "rda"),
-            TableCell("RankUp", "rankup"),
-            TableCell("RankUp + RDA", "rankup_rda"),
+            TableCell("UCVME", "ucvme", control="Control"),
+            TableCell("MixMatch", "mixmatch", control="Control"),
+            TableCell("RDA", "rda", control="Control"),
+            TableCell("RankUp", "rankup", control="Control"),
+            TableCell("RankUp + RDA", "rankup_rda", control="Control"),
         ),
         reference="Baseline",
         layout="rows",
@@ -125,6 +142,24 @@ TABLES: dict[str, PaperTable] = {
 
 PAPER = ("table1", "table2", "table3", "table4")
 """The paper's own tables: what ``all`` names."""
+
+METHOD_TABLES = ("table2", "table4", "sota")
+"""The tables of semi-supervised methods: their comparisons form one Holm family."""
+
+
+def family(table: PaperTable) -> tuple[str, tuple[TableCell, ...]]:
+    """The Holm family of ``table``'s comparisons: its name and every cell it covers.
+
+    The methods tables (:data:`METHOD_TABLES`) share one family, the union of their cells:
+    a method's ΔR against its control (or the baseline) is one comparison, with one p, in
+    every table that shows it. Tables 1 and 3 are families of their own.
+    """
+    if table.name not in METHOD_TABLES:
+        return table.name, table.cells
+    cells: dict[TableCell, None] = {}
+    for name in METHOD_TABLES:
+        cells.update(dict.fromkeys(TABLES[name].cells))
+    return "methods", tuple(cells)
 
 
 def select(name: str) -> list[PaperTable]:

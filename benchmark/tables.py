@@ -1,23 +1,25 @@
 """The paper's tables from the results store: measured cells beside the paper's values.
 
 Markdown and LaTeX keep the paper's layout (Tables 1–2: cells as columns;
-Table 3: margins as rows, one column group per loss; Table 4: cells as rows).
-Per cell: R and RMSE as mean ± SD over seeds (the best in bold, only among the
-cells with the table's largest seed count), R's 95 % CI, ΔR against the
-reference with its CI, the Holm-adjusted bootstrap p and sign-flip p, the seed
-count, how many seeds of a stage-2 cell kept their stage-1 weights (``†`` when all
-did), the paper's values; Table 3 on z-scored targets adds the raw-scale λ and m.
-Statistics: :mod:`bmdbench.results`. The footer lines name the data, preset,
-seeds, device and git sha, the statistics, the power, and the footnotes. The CSV
-is the tidy form: one row per cell with plain numbers (raw and adjusted p, seed
-counts, CI bounds, MDE, seeds needed, stage-1 counts), for scripts.
+Table 3: margins as rows, one column group per loss; Table 4 and sota: cells as rows).
+Per cell: R and RMSE as mean ± SD over seeds, the mean test bias, R's 95 % CI; for a
+stage-2 cell its ΔR against its control (the equal-compute supervised control of its
+parent: the gain from the unlabeled images) and, for every cell, its ΔR against the table's
+reference, each with its CI and Holm-adjusted p (bold only where that p is below α); the
+pseudo-label refreshes where a method refreshes; the seed count, how many seeds of a
+stage-2 cell kept their stage-1 weights (``†`` when all did); the paper's values beside
+data of the paper's kind (BMD in g/cm²); Table 3 on z-scored targets adds the raw-scale λ
+and m. Statistics: :mod:`bmdbench.statistics`, over the table's Holm family
+(:func:`bmdbench.paper_tables.family`). The footer lines name the data (file name and
+fingerprint), preset, seeds, device and git sha, the statistics and family, the power, and
+the footnotes. The CSV is the tidy form: one row per cell with plain numbers, for scripts.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,21 +30,13 @@ from rich.table import Table
 
 from bmdbench import store
 from bmdbench.errors import ConfigError, DataError
-from bmdbench.paper_tables import PaperTable, select
-from bmdbench.results import (
-    ALPHA,
-    MIN_SEEDS_SIGN_FLIP,
-    MIN_SEEDS_TEST,
-    N_RESAMPLES,
-    POWER,
-    cell_runs,
-    load_runs,
-    raw_triplet_scale,
-    table_stats,
-)
+from bmdbench.paper_tables import METHOD_TABLES, TABLES, PaperTable, TableCell, family, select
+from bmdbench.results import cell_runs, load_runs, raw_triplet_scale, table_stats
 from bmdbench.spec import RunSpec
+from bmdbench.statistics import ALPHA, MIN_SEEDS_TEST, N_RESAMPLES, POWER
 
 FORMATS = ("md", "latex", "csv")
+PAPER_UNIT = "g/cm²"  # the paper's values are BMD: shown only beside targets in this unit
 
 
 @dataclass(frozen=True)
@@ -50,50 +44,73 @@ class TableData:
     table: PaperTable
     tidy: pd.DataFrame  # one row per table cell (numbers; NaN where no run is finished)
     footer: str  # lines separated by "\n"
-    resamples: int = N_RESAMPLES  # B of the bootstrap: the resolution of its p-values
+    family: str  # the Holm family the table's comparisons belong to
+    unit: str  # the targets' unit ("" when the data does not say)
 
 
 def build(
     table: PaperTable,
     runs: pd.DataFrame,
-    signatures: Sequence[str],
+    signatures: Mapping[TableCell, str],
     n_resamples: int = N_RESAMPLES,
 ) -> TableData:
-    """Statistics for every cell of ``table``; ``signatures[i]`` identifies the runs of cell i."""
-    # one frame per cell, in table order (labels repeat across Table 3's column groups)
-    selected = [cell_runs(runs, [sig]) for sig in signatures]
-    for tc, frame in zip(table.cells, selected, strict=True):
+    """Statistics for every cell of ``table``, computed over its whole Holm family
+    (:func:`bmdbench.paper_tables.family`); ``signatures`` names the runs of every cell of
+    that family."""
+    name, cells = family(table)
+    selected = [cell_runs(runs, [signatures[tc]]) for tc in cells]
+    for tc, frame in zip(cells, selected, strict=True):
         if len(frame) and frame["data_fingerprint"].nunique() > 1:
             raise DataError(
                 f"the runs of {table.name} cell {tc.label!r} saw different data",
                 "keep one dataset per --out folder",
             )
-    reference = [tc.label for tc in table.cells].index(table.reference)
+    labels = [tc.label for tc in cells]
+    reference = next(i for i, tc in enumerate(cells) if tc.label == table.reference)
+    references = {
+        "base": [reference] * len(cells),
+        "control": [labels.index(tc.control) if tc.control else None for tc in cells],
+    }
+    family_tidy = table_stats(name, selected, references, n_resamples)
+    rows = [cells.index(tc) for tc in table.cells]
     head = pd.DataFrame(
         {
             "label": [tc.label for tc in table.cells],
             "group": [tc.group for tc in table.cells],
             "method": [tc.method for tc in table.cells],
+            "control": [tc.control or "" for tc in table.cells],
         }
     )
-    statistics = table_stats(table.name, selected, reference, n_resamples)
+    statistics = family_tidy.iloc[rows].reset_index(drop=True)
+    table_frames = [selected[i] for i in rows]
     scale = pd.DataFrame(
-        [_raw_scale(f, tc.method) for tc, f in zip(table.cells, selected, strict=True)],
+        [_raw_scale(f, tc.method) for tc, f in zip(table.cells, table_frames, strict=True)],
         columns=["target_sd", "lambda_raw", "margin_raw"],
     )
-    paper = pd.DataFrame(
-        {
-            "paper_r": [tc.paper_r for tc in table.cells],
-            "paper_rmse": [tc.paper_rmse for tc in table.cells],
-        }
-    )
-    tidy = pd.concat([head, statistics, scale, paper], axis=1)
     shown = (
-        pd.concat([f for f in selected if len(f)])
-        if any(len(f) for f in selected)
+        pd.concat([f for f in table_frames if len(f)])
+        if any(map(len, table_frames))
         else runs.head(0)
     )
-    return TableData(table, tidy, _footer(shown, table, tidy, n_resamples), n_resamples)
+    unit = _unit(shown)
+    paper = pd.DataFrame(
+        {
+            "paper_r": [tc.paper_r if unit == PAPER_UNIT else None for tc in table.cells],
+            "paper_rmse": [tc.paper_rmse if unit == PAPER_UNIT else None for tc in table.cells],
+        },
+        dtype=float,
+    )
+    tidy = pd.concat([head, statistics, scale, paper], axis=1)
+    family_size = {
+        kind: int(family_tidy[f"{kind}_p"].notna().sum()) for kind in ("control", "base")
+    }
+    footer = _footer(shown, table, tidy, name, family_size, unit)
+    return TableData(table, tidy, footer, name, unit)
+
+
+def _unit(runs: pd.DataFrame) -> str:
+    units = {str(u) for u in runs.get("unit", pd.Series(dtype=str)).dropna() if str(u)}
+    return units.pop() if len(units) == 1 else ""
 
 
 def _raw_scale(frame: pd.DataFrame, method: str) -> tuple[float, float, float]:
@@ -120,7 +137,19 @@ def _cell_name(row: pd.Series, table: PaperTable) -> str:
     return f"{row['group']} {row['label']}" if grouped else str(row["label"])
 
 
-def _footer(runs: pd.DataFrame, table: PaperTable, tidy: pd.DataFrame, resamples: int) -> str:
+def data_name(source: str) -> str:
+    """A data source as published: a manifest by its file name, never its full path."""
+    return source if source == "synthetic" else Path(source).name
+
+
+def _footer(
+    runs: pd.DataFrame,
+    table: PaperTable,
+    tidy: pd.DataFrame,
+    family_name: str,
+    family_size: Mapping[str, int],
+    unit: str,
+) -> str:
     if runs.empty:
         return "Measured: no finished runs yet. Paper: Zheng et al., MICCAI 2021 (in-house hip X-rays)."
 
@@ -134,14 +163,18 @@ def _footer(runs: pd.DataFrame, table: PaperTable, tidy: pd.DataFrame, resamples
         if redraw
         else "labeled subset fixed across seeds"
     )
+    sources = ", ".join(sorted({data_name(str(v)) for v in runs["data_source"]}))
+    paper = (
+        "Paper: Zheng et al., MICCAI 2021 (in-house hip X-rays, not this data)."
+        if unit == PAPER_UNIT
+        else "The paper's values (hip BMD) are not shown beside data of another kind."
+    )
     lines = [
-        f"Measured on {join('data_source')} (data {join('data_fingerprint')[:12]}), "
-        f"preset {join('preset')}, seeds {', '.join(map(str, seeds))}, device {join('device')}, "
-        f"git {', '.join(_short_sha(s) for s in sorted(set(runs['git_sha'])))}; {draw}; "
-        f"reference for ΔR: {table.reference}. Paper: Zheng et al., MICCAI 2021 (in-house hip X-rays, not this data).",
-        _statistics_line(tidy, resamples, redraw),
-        f"— in p (Holm): fewer than {MIN_SEEDS_TEST} paired seeds, no test; "
-        f"in sign-flip p: fewer than {MIN_SEEDS_SIGN_FLIP}.",
+        f"Measured on {sources} (data {join('data_fingerprint')[:12]}; targets in "
+        f"{unit or 'the unit the manifest does not name'}), preset {join('preset')}, seeds "
+        f"{', '.join(map(str, seeds))}, device {join('device')}, git "
+        f"{', '.join(_short_sha(s) for s in sorted(set(runs['git_sha'])))}; {draw}. {paper}",
+        _statistics_line(table, family_name, family_size, redraw),
         _power_line(tidy, table),
         *_pairing_lines(tidy, table),
     ]
@@ -165,88 +198,92 @@ def _short_sha(sha: str) -> str:
     return sha[:10] + ("-dirty" if sha.endswith("-dirty") else "")
 
 
-def _statistics_line(tidy: pd.DataFrame, resamples: int, redraw: bool) -> str:
-    tests = int(tidy["p_value"].notna().sum())
-    family = f"{tests} test{'s' if tests != 1 else ''}" if tests else "tests (none yet)"
-    top = int(tidy["seeds"].max())
+def _statistics_line(
+    table: PaperTable, family_name: str, family_size: Mapping[str, int], redraw: bool
+) -> str:
+    scope = (
+        "the methods tables (table2, table4, sota) on these data"
+        if family_name == "methods"
+        else f"{table.name}"
+    )
+    sizes = "; ".join(
+        f"{family_size[kind]} {what}"
+        for kind, what in (("control", "against controls"), ("base", f"against {table.reference}"))
+        if family_size[kind]
+    )
     return (
-        f"Mean ± SD over seeds. 95 % CIs and p: two-level bootstrap (B = {resamples}): seeds, "
-        "then test images, one image draw shared by all cells; ΔR paired by seed"
-        f"{' and labeled-subset draw' if redraw else ''}; p two-sided, Holm-adjusted over "
-        f"the table's {family}; sign-flip p: exact permutation "
-        f"test of the per-seed ΔR ({MIN_SEEDS_SIGN_FLIP}+ paired seeds), Holm-adjusted. "
-        f"Bold: best among the cells with {top} seed{'s' if top != 1 else ''}."
+        "Mean ± SD over seeds; bias: mean test prediction − target. 95 % CIs and p: the "
+        "per-seed values (ΔR paired by seed"
+        f"{' and labeled-subset draw' if redraw else ''}) with a standard error of two levels, "
+        "seeds and test patients (a bootstrap over patients, B = "
+        f"{N_RESAMPLES}, adds the variance the seeds share), Student's t with n − 1 degrees "
+        f"of freedom: never less conservative than a paired t test; no p under {MIN_SEEDS_TEST} "
+        f"paired seeds. ΔR vs Control: against the equal-compute supervised control of the "
+        f"cell's own stage-1 parent (the gain from unlabeled images). Holm family "
+        f"'{family_name}': every comparison of {scope} of each kind ({sizes or 'none yet'}), "
+        f"adjusted per kind. Bold ΔR: Holm p < {ALPHA}; nothing else is bold."
     )
 
 
 def _power_line(tidy: pd.DataFrame, table: PaperTable) -> str:
     head = (
-        f"Power ({POWER * 100:.0f} %, α = {ALPHA}, normal approximation, from the SD of the paired "
-        "per-seed ΔR): minimum detectable ΔR"
+        f"Power ({POWER * 100:.0f} %, α = {ALPHA}, noncentral t with n − 1 degrees of "
+        "freedom, from the same standard error): minimum detectable ΔR"
     )
     parts = []
-    for _, row in tidy[tidy["sd_diff"].notna()].iterrows():
-        needed = row["seeds_needed"]
+    for _, row in tidy.iterrows():
+        kind = "control" if row["control"] else "base"
+        if not np.isfinite(row[f"{kind}_mde"]):
+            continue
+        needed = row[f"{kind}_seeds_needed"]
         seeds = "∞" if math.isinf(needed) else f"{int(needed)}"
+        against = row["control"] or table.reference
         parts.append(
-            f"{_cell_name(row, table)} {row['mde']:.4f} with {int(row['paired_seeds'])} seeds "
-            f"(≈ {seeds} seeds to detect its observed ΔR)"
+            f"{_cell_name(row, table)} vs {against} {row[f'{kind}_mde']:.4f} with "
+            f"{int(row[f'{kind}_paired'])} seeds (≈ {seeds} seeds to detect its observed ΔR)"
         )
     if not parts:
-        return f"{head}: needs 2 or more paired seeds per comparison."
+        return f"{head}: needs {MIN_SEEDS_TEST} or more paired seeds per comparison."
     return f"{head}: {'; '.join(parts)}."
 
 
 def _pairing_lines(tidy: pd.DataFrame, table: PaperTable) -> list[str]:
     lines = []
-    for _, row in tidy[tidy["paired_seeds"].notna()].iterrows():
-        if row["paired_seeds"] == 0:
-            lines.append(f"{_cell_name(row, table)}: no seed in common with {table.reference}.")
-        elif row["paired_seeds"] < row["seeds"]:
-            lines.append(
-                f"{_cell_name(row, table)}: ΔR paired on the {int(row['paired_seeds'])} seeds "
-                f"it shares with {table.reference}."
-            )
+    for _, row in tidy.iterrows():
+        for kind, against in (("control", row["control"]), ("base", table.reference)):
+            paired = row[f"{kind}_paired"]
+            if not against or np.isnan(paired):
+                continue
+            if paired == 0:
+                lines.append(f"{_cell_name(row, table)}: no seed in common with {against}.")
+            elif paired < row["seeds"]:
+                lines.append(
+                    f"{_cell_name(row, table)}: ΔR paired on the {int(paired)} seeds "
+                    f"it shares with {against}."
+                )
     return lines
-
-
-def _best(values: pd.Series, higher: bool) -> pd.Series:
-    """Mask of the best finite value (ties all bold); nothing is best among fewer than two."""
-    if values.notna().sum() < 2:
-        return pd.Series(False, index=values.index)
-    target = values.max() if higher else values.min()
-    return values == target
 
 
 BOLD = {"md": "**{}**", "latex": "\\textbf{{{}}}", "rich": "[bold]{}[/]"}
 DAGGER = {"md": "†", "latex": "\\dag{}", "rich": "†"}
-LESS = {"md": "<", "latex": "$<$", "rich": "<"}
 
 
-def format_mean_sd(mean: float, sd: float, bold: bool, style: str) -> str:
+def format_mean_sd(mean: float, sd: float, style: str, digits: int = 4) -> str:
     if np.isnan(mean):
         return "—"
     pm = "$\\pm$" if style == "latex" else "±"
-    text = f"{mean:.4f}" if np.isnan(sd) else f"{mean:.4f} {pm} {sd:.4f}"
-    return BOLD[style].format(text) if bold else text
+    return f"{mean:.{digits}f}" if np.isnan(sd) else f"{mean:.{digits}f} {pm} {sd:.{digits}f}"
 
 
 def format_ci(low: float, high: float) -> str:
     return "—" if np.isnan(low) else f"[{low:.3f}, {high:.3f}]"
 
 
-def p_decimals(resamples: int) -> int:
-    """Decimals that show a p-value at the bootstrap's resolution 1/B (4 for B = 2000)."""
-    return max(1, math.ceil(math.log10(resamples)))
-
-
-def format_p(p: float, bound: bool, resamples: int, style: str) -> str:
-    """A p-value at the bootstrap's resolution; an upper bound as ``<value`` (p<0.0005 at
-    B = 2000); "—" for no test."""
+def format_p(p: float) -> str:
+    """A p-value to 4 decimals ("<0.0001" below); "—" for no test."""
     if np.isnan(p):
         return "—"
-    text = f"{p:.{p_decimals(resamples)}f}"
-    return LESS[style] + text if bound else text
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
 
 
 def format_kept(stage2: bool, kept: int, seeds: int) -> str:
@@ -260,77 +297,73 @@ def _paper(value: float | None) -> str:
     return "—" if value is None or np.isnan(value) else f"{value:.4f}"
 
 
-def format_cells(
-    tidy: pd.DataFrame,
-    reference: int,
-    style: str,
-    resamples: int,
-    best_r: Sequence[bool] | None = None,
-    best_rmse: Sequence[bool] | None = None,
-) -> pd.DataFrame:
+def _delta(row: pd.Series, kind: str, style: str) -> tuple[str, str, str]:
+    """ΔR, its CI and its Holm p as strings; ΔR bold when the Holm p is below α."""
+    delta = row[f"{kind}_delta"]
+    if np.isnan(delta):
+        return "—", "—", "—"
+    text = f"{delta:+.4f}"
+    significant = row[f"{kind}_p_holm"] < ALPHA
+    return (
+        BOLD[style].format(text) if significant else text,
+        format_ci(row[f"{kind}_ci_low"], row[f"{kind}_ci_high"]),
+        format_p(row[f"{kind}_p_holm"]),
+    )
+
+
+def format_cells(tidy: pd.DataFrame, reference: str, style: str) -> pd.DataFrame:
     """The measured columns of each cell as strings (rows: ``tidy``'s cells, same order).
 
-    ``tidy`` has :data:`bmdbench.results.STAT_COLUMNS`; ``reference`` is the
-    reference cell's position; ``style`` (md | latex | rich) sets bold and symbols.
+    ``tidy`` has :data:`bmdbench.results.STAT_COLUMNS` and a ``control`` column (the label
+    of each cell's control, "" for none); ``reference`` names the cell every ΔR vs the
+    baseline is against; ``style`` (md | latex | rich) sets bold and symbols.
     """
-    n = len(tidy)
-    best_r = [False] * n if best_r is None else best_r
-    best_rmse = [False] * n if best_rmse is None else best_rmse
-    kept_all = (tidy["stage2"] & (tidy["n_selected_stage1"] == tidy["seeds"])).tolist()
+    controls = bool(tidy["control"].astype(bool).any())
+    refreshes = bool(tidy["refreshes"].notna().any())
     rows = []
-    for i, (_, row) in enumerate(tidy.iterrows()):
-        is_ref = i == reference
-        r = format_mean_sd(row["r_mean"], row["r_sd"], bool(best_r[i]), style)
-        rows.append(
-            {
-                "R": r + DAGGER[style] if kept_all[i] and row["seeds"] > 0 else r,
-                "RMSE": format_mean_sd(row["rmse_mean"], row["rmse_sd"], bool(best_rmse[i]), style),
-                "R 95% CI": format_ci(row["r_ci_low"], row["r_ci_high"]),
-                "ΔR": "reference" if is_ref else _format_delta(row["delta_r"]),
-                "ΔR 95% CI": "" if is_ref else format_ci(row["delta_ci_low"], row["delta_ci_high"]),
-                "p (Holm)": ""
-                if is_ref
-                else format_p(row["p_holm"], bool(row["p_holm_bound"]), resamples, style),
-                "sign-flip p (Holm)": ""
-                if is_ref
-                else format_p(row["p_sign_flip_holm"], False, resamples, style),
-                "seeds": str(int(row["seeds"])),
-                "stage 1 kept": format_kept(
-                    bool(row["stage2"]), int(row["n_selected_stage1"]), int(row["seeds"])
-                ),
-            }
+    for _, row in tidy.iterrows():
+        kept_all = bool(row["stage2"]) and row["n_selected_stage1"] == row["seeds"] > 0
+        r = format_mean_sd(row["r_mean"], row["r_sd"], style)
+        out = {
+            "R": r + DAGGER[style] if kept_all else r,
+            "RMSE": format_mean_sd(row["rmse_mean"], row["rmse_sd"], style),
+            "bias": "—" if np.isnan(row["bias_mean"]) else f"{row['bias_mean']:+.4g}",
+            "R 95% CI": format_ci(row["r_ci_low"], row["r_ci_high"]),
+        }
+        if controls:
+            if row["control"]:
+                d, ci, p = _delta(row, "control", style)
+            else:
+                d, ci, p = ("", "", "")
+            out |= {"ΔR vs Control": d, "ΔR vs Control 95% CI": ci, "p vs Control (Holm)": p}
+        if row["label"] == reference:
+            d, ci, p = "reference", "", ""
+        else:
+            d, ci, p = _delta(row, "base", style)
+        out |= {
+            f"ΔR vs {reference}": d,
+            f"ΔR vs {reference} 95% CI": ci,
+            f"p vs {reference} (Holm)": p,
+        }
+        if refreshes:
+            out["refreshes"] = "" if np.isnan(row["refreshes"]) else f"{row['refreshes']:.1f}"
+        out["seeds"] = str(int(row["seeds"]))
+        out["stage 1 kept"] = format_kept(
+            bool(row["stage2"]), int(row["n_selected_stage1"]), int(row["seeds"])
         )
+        rows.append(out)
     return pd.DataFrame(rows, index=tidy.index)
-
-
-def _format_delta(delta: float) -> str:
-    return "—" if np.isnan(delta) else f"{delta:+.4f}"
 
 
 def display_frame(data: TableData, style: str) -> pd.DataFrame:
     """The table in the paper's layout, as strings; ``style`` (md | latex | rich) sets the bold."""
     tidy = data.tidy
     groups = tidy["group"]
-    top = (tidy["seeds"] == tidy["seeds"].max()) & (tidy["seeds"] > 0)
-    best_r = pd.concat(
-        [_best(tidy["r_mean"].where(top)[groups == g], True) for g in groups.unique()]
-    )
-    best_rmse = pd.concat(
-        [_best(tidy["rmse_mean"].where(top)[groups == g], False) for g in groups.unique()]
-    )
     ref = data.table.reference
-    reference = tidy["label"].tolist().index(ref)
-    cells = format_cells(
-        tidy,
-        reference,
-        style,
-        data.resamples,
-        best_r.sort_index().tolist(),
-        best_rmse.sort_index().tolist(),
-    )
-    cells = cells.rename(columns={"ΔR": f"ΔR vs {ref}"})
-    cells["R (paper)"] = [_paper(v) for v in tidy["paper_r"]]
-    cells["RMSE (paper)"] = [_paper(v) for v in tidy["paper_rmse"]]
+    cells = format_cells(tidy, ref, style)
+    if tidy["paper_r"].notna().any():
+        cells["R (paper)"] = [_paper(v) for v in tidy["paper_r"]]
+        cells["RMSE (paper)"] = [_paper(v) for v in tidy["paper_rmse"]]
     if data.table.raw_scale and tidy["lambda_raw"].notna().any():
         cells.insert(0, "λ raw", [_raw(v) for v in tidy["lambda_raw"]])
         cells.insert(1, "m raw", [_raw(v) for v in tidy["margin_raw"]])
@@ -467,6 +500,23 @@ def _write_text(text: str, name: str, fmt: str, folder: Path) -> Path:
     return path
 
 
+def store_preset(out: Path) -> str:
+    """The preset of the runs under ``out`` (``bmdbench table`` without ``--preset``); a
+    :class:`ConfigError` when the store has no run, or runs of several presets."""
+    presets = sorted({record.preset for record in store.iter_records(out)})
+    if not presets:
+        raise ConfigError(
+            f"no finished runs under {out / 'runs'}",
+            "run bmdbench grid (or run) with this --out first, or give the --out it used",
+        )
+    if len(presets) > 1:
+        raise ConfigError(
+            f"the runs under {out / 'runs'} are of several presets ({', '.join(presets)})",
+            f"give --preset, one of: {', '.join(presets)}",
+        )
+    return presets[0]
+
+
 def publish(
     names: str,
     out: Path,
@@ -487,9 +537,15 @@ def publish(
     runs = load_runs(out)
     written = []
     for paper_table in select(names):
-        cells = cells_for(paper_table.name, [], backbones, 1, sets, base)
-        signatures = [c.signature for c in cells]
-        if len(runs) and cell_runs(runs, signatures).empty:
+        signatures = {}
+        members = METHOD_TABLES if paper_table.name in METHOD_TABLES else (paper_table.name,)
+        for member in members:
+            specs = cells_for(member, [], backbones, 1, sets, base)
+            signatures.update(
+                {tc: spec.signature for tc, spec in zip(TABLES[member].cells, specs, strict=True)}
+            )
+        mine = [signatures[tc] for tc in paper_table.cells]
+        if len(runs) and cell_runs(runs, mine).empty:
             warnings.warn(
                 f"none of the {len(runs)} runs under {out / 'runs'} is in a cell of "
                 f"{paper_table.name}: give `bmdbench table` the --preset, --data (spelled as "

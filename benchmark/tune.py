@@ -22,7 +22,7 @@ from rich.table import Table
 
 from bmdbench import catalogue, store
 from bmdbench.config import Range, stable_hash
-from bmdbench.dispatch import open_storage, quiet_libraries
+from bmdbench.dispatch import open_storage, quiet_libraries, shown
 from bmdbench.errors import ConfigError, Pruned, RunFailed
 from bmdbench.record import RunRecord
 from bmdbench.spec import RunSpec
@@ -286,9 +286,9 @@ def compare_tuned(
 ) -> pd.DataFrame:
     """Run each method with its tuned settings over ``seeds`` seeds (a grid) and compare them
     on test as a paper table does (:func:`bmdbench.results.table_stats`): mean ± SD,
-    hierarchical-bootstrap CI, ΔR against the first method with Holm-adjusted p."""
+    two-level CI, ΔR against the first method with Holm-adjusted p."""
     from bmdbench.grid import make_plan, print_plan, run_grid
-    from bmdbench.results import N_RESAMPLES, cell_runs, load_runs, table_stats
+    from bmdbench.results import cell_runs, load_runs, table_stats
     from bmdbench.tables import format_cells
 
     cells = {
@@ -303,9 +303,12 @@ def compare_tuned(
     frames = {method: frame for method, frame in frames.items() if not frame.empty}
     if not frames:
         return pd.DataFrame()
-    tidy = table_stats(f"equal-budget|{'|'.join(best)}", list(frames.values()), reference=0)
-    shown = format_cells(tidy, 0, "md", N_RESAMPLES)
-    shown = shown.rename(columns={"ΔR": f"ΔR vs {next(iter(frames))}"})
+    tidy = table_stats(
+        f"equal-budget|{'|'.join(best)}", list(frames.values()), {"base": [0] * len(frames)}
+    )
+    tidy.insert(0, "control", "")
+    tidy.insert(0, "label", list(frames))
+    shown = format_cells(tidy, next(iter(frames)), "md")
     shown.insert(
         0,
         "tuned",
@@ -366,7 +369,7 @@ def export_study(
     names = optuna.get_all_study_names(open_storage(url))
     if name not in names:
         raise ConfigError(
-            f"no study {name!r} in {url}",
+            f"no study {name!r} in {shown(url)}",
             f"give --study one of: {', '.join(n for n in names if n.startswith('tune-')) or '(none yet)'}",
         )
     loaded = optuna.load_study(study_name=name, storage=open_storage(url))

@@ -1,4 +1,4 @@
-"""Each statistic of a table against numbers by hand or by brute-force enumeration."""
+"""Each statistic of a table against numbers by hand, by enumeration, or by simulation."""
 
 from __future__ import annotations
 
@@ -8,146 +8,234 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from bmdbench.methods.losses import masked_mse, triplet_loss
-from bmdbench.results import (
+from bmdbench.results import raw_triplet_scale
+from bmdbench.statistics import (
     MIN_SEEDS_TEST,
     Predictions,
-    bootstrap_p,
     cell_stats,
     compare,
-    hierarchical_bootstrap,
+    estimate,
     holm,
-    image_resamples,
     minimum_detectable_effect,
-    raw_triplet_scale,
-    seed_resamples,
+    patient_weights,
+    power,
     seeds_needed,
-    sign_flip_p,
-    z_sum,
+    weighted_pearson,
+    weighted_rmse,
 )
 
-# 2 seeds × 3 images. Seed 0 predicts the target exactly: R = 1 on any resample with
-# two distinct images. Seed 1 predicts [1, 3, 2]: R = 0.5 on a permutation of the
-# three images (6 of 27 draws); on two distinct images R = ±1: {0, 1} → +1, {0, 2} → +1,
-# {1, 2} → −1 (6 draws each); one image repeated (3 draws): undefined (NaN).
-TARGET = np.array([1.0, 2.0, 3.0])
-PRED = np.array([[1.0, 2.0, 3.0], [1.0, 3.0, 2.0]])
-R1 = (6 * 0.5 + 6 * 1 + 6 * 1 - 6 * 1) / 24  # seed 1 over the 24 defined draws: 0.375
-# seed draws (0,0), (1,1), (0,1), (1,0), each 1/4: mean R = ¼·1 + ¼·r1 + ½·(1 + r1)/2
-EXPECTED = 0.5 + R1 / 2  # 0.6875
+# --- the patient bootstrap, enumerated ---------------------------------------------------
+
+# 4 images of 3 patients: patient "a" has two images. A draw of 3 patients with replacement
+# gives each image its patient's count.
+PATIENTS = np.array(["a", "a", "b", "c"])
+TARGET = np.array([1.0, 2.0, 4.0, 3.0])
+PRED = np.array([[1.5, 1.0, 4.5, 2.0], [0.0, 2.5, 3.0, 3.5]])
 
 
-def all_draws(n_seeds: int, n_images: int) -> tuple[np.ndarray, np.ndarray]:
-    """Every (seed draw, image draw) pair, once: (n_seeds**n_seeds · n_images**n_images) rows."""
-    seeds = np.array(list(itertools.product(range(n_seeds), repeat=n_seeds)))
-    images = np.array(list(itertools.product(range(n_images), repeat=n_images)))
-    return np.repeat(seeds, len(images), axis=0), np.tile(images, (len(seeds), 1))
+def test_weighted_metrics_equal_the_metrics_of_the_duplicated_sample():
+    for draw in itertools.product(range(3), repeat=3):  # every draw of 3 patients: 27
+        counts = np.bincount(draw, minlength=3).astype(float)
+        weights = counts[[0, 0, 1, 2]]
+        sample = np.repeat(np.arange(4), weights.astype(int))
+        for s in range(2):
+            t, p = TARGET[sample], PRED[s][sample]
+            r = weighted_pearson(TARGET, PRED, weights[None])[0, s]
+            e = weighted_rmse(TARGET, PRED, weights[None])[0, s]
+            assert e == pytest.approx(np.sqrt(np.mean((p - t) ** 2)))
+            if np.ptp(t) > 0:
+                assert r == pytest.approx(np.corrcoef(t, p)[0, 1])
 
 
-def brute_force(seed_draw: np.ndarray, image_draw: np.ndarray, pred: np.ndarray) -> float:
-    t = TARGET[image_draw]
-    if np.ptp(t) == 0:
-        return float("nan")
-    return float(np.mean([np.corrcoef(t, pred[s][image_draw])[0, 1] for s in seed_draw]))
+def test_patient_weights_move_a_patients_images_together_with_the_right_frequencies():
+    weights = patient_weights(PATIENTS, "t", 30_000)
+    assert np.array_equal(weights[:, 0], weights[:, 1])  # one patient, one count
+    assert np.all(weights[:, [0, 2, 3]].sum(1) == 3)  # three patients drawn per resample
+    # P(patient drawn k times) is Binomial(3, 1/3): 8/27, 12/27, 6/27, 1/27
+    shares = np.bincount(weights[:, 2].astype(int), minlength=4) / len(weights)
+    assert shares == pytest.approx(np.array([8, 12, 6, 1]) / 27, abs=0.01)
+    assert np.array_equal(weights, patient_weights(PATIENTS, "t", 30_000))  # its own stream
 
 
-def test_hierarchical_bootstrap_enumerated_exactly():
-    seed_idx, image_idx = all_draws(2, 3)
-    dist = hierarchical_bootstrap(TARGET, PRED, seed_idx, image_idx)
-    assert dist.shape == (4 * 27,)
-    expected = [brute_force(s, i, PRED) for s, i in zip(seed_idx, image_idx, strict=True)]
-    np.testing.assert_allclose(dist, expected, atol=1e-12, equal_nan=True)
-    assert np.isnan(dist).mean() == pytest.approx(3 / 27)
-    assert np.nanmean(dist) == pytest.approx(EXPECTED)
-    assert EXPECTED == 0.6875
+# --- the two-level estimate by hand ------------------------------------------------------
 
 
-def test_random_draws_follow_the_enumerated_distribution():
-    exact = hierarchical_bootstrap(TARGET, PRED, *all_draws(2, 3))
-    b = 40_000
-    drawn = hierarchical_bootstrap(
-        TARGET, PRED, seed_resamples(2, "test", b), image_resamples(3, "test", b)
+def test_estimate_by_hand_without_patient_variance_is_the_paired_t_test():
+    values = np.array([0.01, 0.03, 0.05])
+    est = estimate(values, np.tile(values, (10, 1)))  # every resample the same: V = 0
+    s = 0.02  # SD of 0.01, 0.03, 0.05
+    assert est.mean == pytest.approx(0.03) and est.sd == pytest.approx(s)
+    assert est.se == pytest.approx(s / math.sqrt(3)) and est.se_patients == pytest.approx(
+        0, abs=1e-12
     )
-    assert np.nanmean(drawn) == pytest.approx(EXPECTED, abs=0.01)
-    for value in np.unique(exact[np.isfinite(exact)]):
-        share = np.mean(np.isclose(exact, value))
-        assert np.mean(np.isclose(drawn, value)) == pytest.approx(share, abs=0.01), value
+    t = 0.03 / (s / math.sqrt(3))  # 2.598
+    assert est.p == pytest.approx(2 * stats.t.sf(t, 2))
+    assert est.p == pytest.approx(stats.ttest_1samp(values, 0).pvalue)
+    half = 4.302653 * s / math.sqrt(3)  # t_{0.975, 2}
+    assert est.ci == pytest.approx((0.03 - half, 0.03 + half), rel=1e-6)
 
 
-def test_paired_difference_enumerated_exactly():
-    # the reference predicts [1, 3, 2] with both seeds: R = r1 on every defined draw
-    reference = np.array([[1.0, 3.0, 2.0], [1.0, 3.0, 2.0]])
-    seed_idx, image_idx = all_draws(2, 3)
-    dist = hierarchical_bootstrap(TARGET, PRED, seed_idx, image_idx, reference=reference)
-    expected = [
-        brute_force(s, i, PRED) - brute_force(s, i, reference)
-        for s, i in zip(seed_idx, image_idx, strict=True)
-    ]
-    np.testing.assert_allclose(dist, expected, atol=1e-12, equal_nan=True)
-    assert np.nanmean(dist) == pytest.approx(EXPECTED - R1)  # 0.3125
-    # seed 1 and the reference agree: Δ = 0 on the ¼ of draws with seed 1 twice. Seed 0
-    # beats the reference by 0.5 on a permutation, by 2 on {1, 2} and ties (+1 = +1) on
-    # {0, 1} and {0, 2}, half of the defined image draws: Δ = 0 on ¾·½ more draws.
-    # Δ ≤ 0 on ¼ + 3/8 = 5/8 of them, Δ ≥ 0 on all: p = min(1, 2·5/8) = 1
-    finite = dist[np.isfinite(dist)]
-    assert np.mean(finite <= 0) == pytest.approx(5 / 8) and (finite >= 0).all()
-    assert bootstrap_p(dist) == (1.0, False)
+def test_patient_variance_adds_to_the_seed_variance():
+    values = np.array([0.01, 0.03, 0.05])
+    shifts = np.array([-0.02, 0.02] * 5)[:, None]  # the mean moves ±0.02 under resampling
+    est = estimate(values, values + shifts)
+    v = np.var(shifts[:, 0], ddof=1)  # every seed moves alike: all of it is shared
+    assert est.se_patients**2 == pytest.approx(v)
+    assert est.se**2 == pytest.approx(0.02**2 / 3 + v)
+    assert est.p > stats.ttest_1samp(values, 0).pvalue
 
 
-def test_bootstrap_p_by_hand_and_at_its_resolution():
-    # 1 of 4 resamples ≤ 0, 3 of 4 ≥ 0 → 2·¼
-    assert bootstrap_p(np.array([-1.0, 0.5, 1.0, 2.0])) == (0.5, False)
-    assert bootstrap_p(np.zeros(10)) == (1.0, False)
-    # no resample reaches 0: p is below 1/B
-    assert bootstrap_p(np.linspace(0.1, 1, 2000)) == (1 / 2000, True)
-    assert bootstrap_p(-np.linspace(0.1, 1, 2000)) == (1 / 2000, True)
+@pytest.mark.parametrize("n", [3, 4, 5, 10])
+def test_never_less_conservative_than_a_paired_t_test(n):
+    rng = np.random.default_rng(n)
+    for _ in range(50):
+        values = rng.normal(0.02, 0.02, n)
+        est = estimate(values, values + rng.normal(0, 0.01, (200, 1)))
+        t_test = stats.ttest_1samp(values, 0)
+        low, high = t_test.confidence_interval()
+        assert est.p >= t_test.pvalue
+        assert est.ci[0] <= low and est.ci[1] >= high
 
 
-def test_sign_flip_exact_p_by_hand():
-    # mean 1.9; |sum| ≥ 9.5 only if the flipped values sum to ≤ 0.5 or ≥ 10:
-    # flip nothing, −0.5, {1, 2, 3, 4}, or everything → 4 of 2⁵ patterns
-    assert sign_flip_p(np.array([1.0, 2.0, 3.0, 4.0, -0.5])) == pytest.approx(4 / 32)
-    assert sign_flip_p(np.zeros(5)) == 1.0
+def test_no_p_under_three_seeds_and_no_interval_for_one():
+    two = estimate(np.array([0.01, 0.03]), np.zeros((5, 2)))
+    assert MIN_SEEDS_TEST == 3 and math.isnan(two.p) and math.isfinite(two.ci[0])
+    one = estimate(np.array([0.01]), np.zeros((5, 1)))
+    assert math.isnan(one.sd) and math.isnan(one.ci[0]) and math.isnan(one.p)
 
 
-@pytest.mark.parametrize("n", [5, 6, 8])
-def test_sign_flip_matches_brute_force_enumeration(n):
-    d = np.random.default_rng(n).normal(0.01, 0.02, n)
-    patterns = np.array(list(itertools.product((1, -1), repeat=n)))
-    brute = np.mean(np.abs((patterns * d).mean(axis=1)) >= abs(d.mean()) - 1e-12)
-    assert sign_flip_p(d) == pytest.approx(brute)
+# --- power by hand ---------------------------------------------------------------------------
+
+
+def test_power_of_the_t_test_against_a_published_value():
+    # one-sample two-sided t test, α = 0.05, effect of 1 SD, 10 observations: power 0.8031
+    # (G*Power 3.1; Cohen's d = 1), 9 observations: 0.7480
+    assert power(1.0, 1 / math.sqrt(10), 9) == pytest.approx(0.8031, abs=5e-4)
+    assert power(1.0, 1 / math.sqrt(9), 8) == pytest.approx(0.7480, abs=5e-4)
+    assert seeds_needed(1.0, 0.0, 1.0) == 10  # the first n with power ≥ 0.8
+
+
+def test_minimum_detectable_effect_from_the_t_distribution():
+    # many seeds: the normal approximation, z_{0.975} + z_{0.8} = 2.8016 standard errors
+    assert minimum_detectable_effect(1.0, 100_000) == pytest.approx(2.8016, abs=1e-3)
+    # 3 seeds: the noncentral t with 2 degrees of freedom needs 5.65 standard errors, twice
+    # the normal approximation's (and more than t_{0.975,2} + t_{0.8,2} = 5.363)
+    mde = minimum_detectable_effect(1.0, 2)
+    assert mde == pytest.approx(5.6535, abs=1e-3)
+    assert power(mde, 1.0, 2) == pytest.approx(0.8, abs=1e-9)
+    assert minimum_detectable_effect(0.5, 2) == pytest.approx(mde / 2)
+
+
+def test_seeds_needed_holds_the_patient_variance_fixed():
+    assert seeds_needed(1.0, 0.3, 1.0) > 10  # the patient variance costs seeds
+    assert seeds_needed(1.0, 0.5, 1.0) == math.inf  # 1 < 2.8 · 0.5: no n detects it
+    assert seeds_needed(0.01, 0.0, 0.0) == math.inf
+    assert math.isnan(seeds_needed(math.nan, 0.0, 0.1))
+    assert seeds_needed(0.001, 0.0, 1.0) == MIN_SEEDS_TEST
 
 
 def test_holm_on_a_known_vector():
-    # sorted: .005·4 = .02; .01·3 = .03; .03·2 = .06; .04·1 = .04 → max so far .06
-    adjusted, bound = holm([0.01, 0.04, 0.03, 0.005])
-    np.testing.assert_allclose(adjusted, [0.03, 0.06, 0.06, 0.02])
-    assert not bound.any()
-    np.testing.assert_allclose(holm([0.5, 0.9])[0], [1.0, 1.0])
-    assert holm([])[0].size == 0
+    # sorted 0.01, 0.02, 0.04, 0.30 → 4·0.01, 3·0.02, max(0.06, 2·0.04), max(0.08, 0.30)
+    adjusted = holm([0.04, 0.01, 0.30, 0.02])
+    assert adjusted == pytest.approx([0.08, 0.04, 0.30, 0.06])
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
 
 
-def test_holm_keeps_upper_bounds():
-    # p < 1/2000 stays a bound after scaling (< 2/2000); .3·1 = .3 is exact
-    adjusted, bound = holm([1 / 2000, 0.3], [True, False])
-    np.testing.assert_allclose(adjusted, [2 / 2000, 0.3])
-    assert bound.tolist() == [True, False]
-    # the exact .002 sets the second value: exact, not a bound
-    adjusted, bound = holm([1 / 2000, 0.001, 0.002], [True, False, False])
-    np.testing.assert_allclose(adjusted, [3 / 2000, 0.002, 0.002])
-    assert bound.tolist() == [True, False, False]
+# --- calibration by simulation ----------------------------------------------------------------
+
+N_PATIENTS = 60  # 80 test images: 20 patients have two
+IMAGE_PATIENT = np.concatenate([np.arange(N_PATIENTS), np.arange(20)])
+IDS = np.array([f"img{i:03d}" for i in range(len(IMAGE_PATIENT))])
 
 
-def test_minimum_detectable_effect_and_seeds_needed_by_formula():
-    z = 1.959963985 + 0.841621234  # z_0.975 + z_0.8
-    assert z_sum() == pytest.approx(z)
-    assert minimum_detectable_effect(0.01, 4) == pytest.approx(z * 0.01 / 2)  # 0.0140079
-    # (z · 0.01 / 0.005)² = 31.40 → 32 seeds
-    assert seeds_needed(0.01, 0.005) == 32 == math.ceil((z * 0.01 / 0.005) ** 2)
-    assert seeds_needed(0.01, -0.005) == 32
-    assert seeds_needed(0.0001, 0.5) == MIN_SEEDS_TEST
-    assert seeds_needed(0.01, 0.0) == math.inf and math.isnan(seeds_needed(math.nan, 0.1))
+def experiment(rng: np.random.Generator, seeds: int, noise_a: float, noise_b: float):
+    """One benchmark, simulated: a fresh test set of patients (a patient's images share its
+    truth), and per seed a stage-1 parent whose error both methods inherit, plus each
+    method's own error; each seed's quality varies (its noise SD scaled by a log-normal)."""
+    truth = rng.normal(0, 1, N_PATIENTS)[IMAGE_PATIENT] + rng.normal(0, 0.2, len(IDS))
+    quality = np.exp(rng.normal(0, 0.25, (seeds, 1)))
+    parent = rng.normal(0, 0.5, (seeds, len(IDS))) * quality
+    a = truth + parent + rng.normal(0, noise_a, (seeds, len(IDS))) * quality
+    b = truth + parent + rng.normal(0, noise_b, (seeds, len(IDS))) * quality
+    order = tuple(range(seeds))
+    cells = [Predictions(IDS, IMAGE_PATIENT, truth, p, order) for p in (a, b)]
+    return cells, patient_weights(IMAGE_PATIENT, f"sim{rng.integers(1 << 30)}", 200)
+
+
+def run(seeds: int, noise_b: float, repeats: int, salt: int) -> tuple[float, float]:
+    """Share of experiments whose ΔR (b − a) test rejects at 0.05, and the median printed MDE."""
+    rng = np.random.default_rng(salt)
+    rejected, mdes = 0, []
+    for _ in range(repeats):
+        (a, b), weights = experiment(rng, seeds, 0.8, noise_b)
+        result = compare(b, a, weights)
+        assert result is not None
+        rejected += result.p < 0.05
+        mdes.append(result.mde)
+    return rejected / repeats, float(np.median(mdes))
+
+
+def expected_delta(seeds: int, noise_b: float) -> float:
+    rng = np.random.default_rng(99)
+    deltas = []
+    for _ in range(400):
+        (a, b), _ = experiment(rng, seeds, 0.8, noise_b)
+        deltas.append(
+            np.mean(weighted_pearson(a.target, b.pred, np.ones((1, len(IDS)))))
+            - np.mean(weighted_pearson(a.target, a.pred, np.ones((1, len(IDS)))))
+        )
+    return float(np.mean(deltas))
+
+
+@pytest.mark.parametrize("seeds", [3, 5, 10])
+def test_false_positive_rate_at_most_alpha(seeds):
+    repeats = 400
+    rate, _ = run(seeds, 0.8, repeats, salt=seeds)  # the null: both methods alike
+    assert rate <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / repeats)  # 0.072: Monte-Carlo error
+
+
+@pytest.mark.parametrize("seeds", [5, 10])
+def test_power_at_the_printed_minimum_detectable_effect_is_about_80_percent(seeds):
+    _, mde = run(seeds, 0.8, 100, salt=100 + seeds)
+    # the noise of method b at which its expected ΔR equals that MDE (ΔR falls with noise)
+    low, high = 0.0, 0.8
+    for _ in range(12):
+        middle = (low + high) / 2
+        low, high = (middle, high) if expected_delta(seeds, middle) > mde else (low, middle)
+    rate, _ = run(seeds, (low + high) / 2, 300, salt=200 + seeds)
+    assert 0.7 <= rate <= 0.93
+
+
+def test_cell_stats_by_hand():
+    rng = np.random.default_rng(0)
+    truth = rng.normal(0, 1, len(IDS))
+    pred = truth + rng.normal(0, 0.5, (3, len(IDS)))
+    cell = Predictions(IDS, IMAGE_PATIENT, truth, pred, (0, 1, 2))
+    st = cell_stats(cell, patient_weights(IMAGE_PATIENT, "c", 500))
+    r = [np.corrcoef(truth, p)[0, 1] for p in pred]
+    assert st.r.mean == pytest.approx(np.mean(r)) and st.r.sd == pytest.approx(np.std(r, ddof=1))
+    assert st.r.ci[0] < st.r.mean < st.r.ci[1]
+    assert st.rmse.mean == pytest.approx(np.mean(np.sqrt(np.mean((pred - truth) ** 2, 1))))
+    assert math.isnan(st.r.p)  # a cell's own R is not tested
+
+
+def test_comparison_pairs_seeds_by_seed():
+    rng = np.random.default_rng(1)
+    truth = rng.normal(0, 1, len(IDS))
+    a = Predictions(
+        IDS, IMAGE_PATIENT, truth, truth + rng.normal(0, 1, (4, len(IDS))), (0, 1, 2, 3)
+    )
+    b = Predictions(IDS, IMAGE_PATIENT, truth, truth + rng.normal(0, 1, (3, len(IDS))), (1, 2, 5))
+    result = compare(b, a, patient_weights(IMAGE_PATIENT, "p", 100))
+    assert result is not None and result.n == 2  # seeds 1 and 2
+    r = lambda p: np.corrcoef(truth, p)[0, 1]  # noqa: E731
+    assert result.mean == pytest.approx(
+        np.mean([r(b.pred[0]) - r(a.pred[1]), r(b.pred[1]) - r(a.pred[2])])
+    )
+    assert math.isnan(result.p)  # under three paired seeds
 
 
 def test_raw_scale_gives_the_same_loss_on_raw_targets():
@@ -173,79 +261,3 @@ def test_raw_scale_gives_the_same_loss_on_raw_targets():
         )
         assert float(loss_raw) / sigma**2 == pytest.approx(float(loss_z), rel=1e-10)
         assert float(triplet_loss(embedding, z, near, far, margin, adaptive)) > 0  # active
-
-
-IDS = np.array([f"img{i:02d}" for i in range(40)])
-TRUTH = np.linspace(0.5, 1.0, 40)
-
-
-def cell(noise: float, seeds: tuple[int, ...], salt: int = 0) -> Predictions:
-    rng = np.random.default_rng(salt)
-    return Predictions(IDS, TRUTH, TRUTH + rng.normal(0, noise, (len(seeds), 40)), seeds)
-
-
-def test_cell_mean_sd_by_hand_and_ci():
-    noise = np.array([np.sin(np.arange(40)), np.cos(np.arange(40))]) * 0.05
-    pred = TRUTH + noise
-    st = cell_stats(Predictions(IDS, TRUTH, pred, (0, 1)), image_resamples(40, "t"), "c")
-    r = [np.corrcoef(TRUTH, p)[0, 1] for p in pred]
-    rmse = [np.sqrt(np.mean((p - TRUTH) ** 2)) for p in pred]
-    assert st.r_mean == pytest.approx(np.mean(r)) and st.r_sd == pytest.approx(np.std(r, ddof=1))
-    assert st.rmse_mean == pytest.approx(np.mean(rmse))
-    assert st.rmse_sd == pytest.approx(abs(rmse[0] - rmse[1]) / np.sqrt(2))
-    assert st.r_ci[0] < st.r_mean < st.r_ci[1] <= 1
-    assert st.rmse_ci[0] < st.rmse_mean < st.rmse_ci[1]
-    single = cell_stats(Predictions(IDS, TRUTH, pred[:1], (0,)), image_resamples(40, "t"), "c")
-    assert np.isnan(single.r_sd)
-
-
-def test_intervals_come_from_streams_of_their_own():
-    images = image_resamples(40, "table")
-    a, b = cell(0.05, (0, 1, 2), 1), cell(0.2, (0, 1, 2), 2)
-    first = cell_stats(a, images, "a")
-    cell_stats(b, images, "b")  # another cell in between changes nothing
-    assert cell_stats(a, images, "a") == first
-    np.testing.assert_array_equal(image_resamples(40, "table"), images)
-
-
-def test_comparison_sees_a_real_difference_and_no_difference():
-    images = image_resamples(40, "table")
-    good, bad = cell(0.02, (0, 1, 2), 1), cell(0.3, (0, 1, 2), 2)
-    better = compare(good, bad, images, "k")
-    assert better is not None and better.delta_r > 0.3
-    assert better.p_value == 1 / 2000 and better.p_bound  # no resample reached 0
-    assert better.ci[0] > 0.2 and math.isnan(better.p_sign_flip)
-    same = compare(good, good, images, "k")
-    assert same is not None and same.delta_r == 0 and same.p_value == 1.0
-    assert same.ci == (0.0, 0.0) and same.seeds_needed == math.inf
-
-
-def test_comparison_pairs_seeds_and_withholds_p_under_three():
-    images = image_resamples(40, "table")
-    two = compare(cell(0.02, (0, 1), 1), cell(0.3, (0, 1, 2), 2), images, "k")
-    assert two is not None and two.seeds == (0, 1) and math.isnan(two.p_value)
-    assert np.isfinite(two.sd_diff) and np.isfinite(two.mde)
-    none = compare(cell(0.02, (5,), 1), cell(0.3, (0, 1), 2), images, "k")
-    assert none is None
-    # with a split draw per seed, runs pair only when seed and draw agree
-    a = Predictions(IDS, TRUTH, cell(0.02, (0, 1, 2), 1).pred, (0, 1, 2), ("x", "y", "z"))
-    b = Predictions(IDS, TRUTH, cell(0.3, (0, 1, 2), 2).pred, (0, 1, 2), ("x", "y", "other"))
-    paired = compare(a, b, images, "k")
-    assert paired is not None and paired.seeds == (0, 1)
-
-
-def test_sign_flip_from_five_seeds_with_the_per_seed_differences():
-    images = image_resamples(40, "table")
-    a, b = cell(0.02, (0, 1, 2, 3, 4), 1), cell(0.3, (0, 1, 2, 3, 4), 2)
-    result = compare(a, b, images, "k")
-    assert result is not None
-    # every per-seed difference is positive: only the identity and the all-flipped
-    # pattern reach the observed |mean| → 2/32
-    assert result.p_sign_flip == pytest.approx(2 / 32)
-    differences = [
-        np.corrcoef(TRUTH, p)[0, 1] - np.corrcoef(TRUTH, q)[0, 1]
-        for p, q in zip(a.pred, b.pred, strict=True)
-    ]
-    assert result.delta_r == pytest.approx(np.mean(differences))
-    assert result.sd_diff == pytest.approx(np.std(differences, ddof=1))
-    assert result.mde == pytest.approx(z_sum() * result.sd_diff / np.sqrt(5))

@@ -27,10 +27,11 @@ def test_budgets_parse_and_refuse_nonsense():
 
 def test_each_budget_has_its_own_parents_and_the_same_evaluation_images():
     cells = budget_cells(["mean_teacher"], [12.0, 20.0], 2, {}, BASE)
-    # the baseline comes in as the reference, then the ceiling: the baseline on every label
+    # the baseline comes in as the reference, the control of mean teacher's parent after the
+    # methods, then the ceiling: the baseline on every label
     assert [(c.method, dict(c.settings).get("split.train")) for c in cells[::2]] == [
-        ("baseline", 12.0), ("mean_teacher", 12.0), ("baseline", 20.0), ("mean_teacher", 20.0),
-        ("baseline", None),
+        ("baseline", 12.0), ("mean_teacher", 12.0), ("control", 12.0),
+        ("baseline", 20.0), ("mean_teacher", 20.0), ("control", 20.0), ("baseline", None),
     ]  # fmt: skip
     parents = {c.parent().key for c in cells if c.method == "mean_teacher"}
     assert len(parents) == 4  # 2 budgets × 2 seeds
@@ -58,7 +59,8 @@ def test_grid_then_table_and_figure_on_smoke(tmp_path):
     options += ["--preset", "smoke", "--out", tmp_path]
     done = bmdbench("grid", "labels", *options, "--seeds", "2", "--device", "cpu")
     assert done.returncode == 0, done.stderr
-    assert "10 of 10 cells done" in done.stdout  # 2 budgets × 2 methods × 2 seeds + 2 ceiling
+    # 2 budgets × (2 methods + the control) × 2 seeds + 2 ceiling
+    assert "14 of 14 cells done" in done.stdout
     # the validation and test images are the same at every budget; the training images not
     # in a budget are unlabeled images
     for record in store.iter_records(tmp_path):
@@ -72,12 +74,16 @@ def test_grid_then_table_and_figure_on_smoke(tmp_path):
     assert shown.returncode == 0, shown.stderr
     tidy = pd.read_csv(tmp_path / "tables" / "labels.csv", comment="#")
     assert list(zip(tidy["budget"], tidy["method"], strict=True)) == [
-        ("12", "baseline"), ("12", "pi_model"), ("20", "baseline"), ("20", "pi_model"),
-        ("all", "baseline"),
+        ("12", "baseline"), ("12", "pi_model"), ("12", "control"),
+        ("20", "baseline"), ("20", "pi_model"), ("20", "control"), ("all", "baseline"),
     ]  # fmt: skip
-    assert list(tidy["n_labeled"]) == [12, 12, 20, 20, 24]
+    assert list(tidy["n_labeled"]) == [12, 12, 12, 20, 20, 20, 24]
     assert (tidy["seeds"] == 2).all()
-    assert tidy.loc[[1, 3], "delta_r"].notna().all() and tidy.loc[[0, 2, 4], "delta_r"].isna().all()
+    assert tidy.loc[[1, 2, 4, 5], "base_delta"].notna().all()
+    assert tidy.loc[[0, 3, 6], "base_delta"].isna().all()
+    # Π-model against the control of its budget; the control itself has none
+    assert tidy.loc[[1, 4], "control_delta"].notna().all()
+    assert tidy.loc[[0, 2, 3, 5, 6], "control_delta"].isna().all()
     markdown = (tmp_path / "tables" / "labels.md").read_text()
     assert "| 12 · pi_model" in markdown and "| all · baseline" in markdown
     assert (tmp_path / "tables" / "labels.tex").exists()

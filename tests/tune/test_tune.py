@@ -97,4 +97,4 @@ def test_equal_budget_tunes_each_method_alike_then_compares_on_test(tmp_path):
     assert list(frame.index) == ["atl", "triplet"] and (frame["seeds"] == "2").all()
     assert frame.loc["atl", "ΔR vs atl"] == "reference"
     assert frame.loc["triplet", "ΔR vs atl"].startswith(("+", "-"))
-    assert frame.loc["triplet", "p (Holm)"] == "—"  # two seeds: no test
+    assert frame.loc["triplet", "p vs atl (Holm)"] == "—"  # two seeds: no test
