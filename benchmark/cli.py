@@ -161,7 +161,10 @@ Storage = Annotated[
     str | None,
     typer.Option(
         "--storage",
-        help="Optuna storage URL shared by workers (default: sqlite file OUT/bmdbench.db).",
+        envvar="BMDBENCH_STORAGE",
+        show_envvar=True,
+        help="Optuna storage URL shared by workers (default: sqlite file OUT/bmdbench.db). "
+        "A URL with a password is better given in BMDBENCH_STORAGE than on the command line.",
     ),
 ]
 
@@ -253,7 +256,7 @@ def grid(
 
 @app.command(hidden=True)
 def worker(
-    storage: Annotated[str, typer.Option("--storage")],
+    storage: Annotated[str, typer.Option("--storage", envvar="BMDBENCH_STORAGE")],
     study: Annotated[str, typer.Option("--study")],
     out: Out = Path("results"),
 ) -> None:
@@ -298,12 +301,15 @@ def table(
     and write OUT/tables/<table>.<ext>; 'labels' also writes OUT/figures/labels.{png,pdf}."""
     from bmdbench.config import parse_set
     from bmdbench.errors import ConfigError
-    from bmdbench.tables import FORMATS, publish
+    from bmdbench.tables import FORMATS, publish, store_preset
 
     formats = FORMATS if fmt is None else (fmt,)
     if fmt is not None and fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}", f"use one of: {', '.join(FORMATS)}")
     store.check_out(out, "tables")
+    if preset is None and name != "tune":
+        preset = store_preset(out)
+        err_console.print(f"preset {preset}: the preset of the runs under {out / 'runs'}")
     if name == "labels":
         from bmdbench import budgets
         from bmdbench.grid import cells_for
@@ -372,7 +378,7 @@ def tune(
 ) -> None:
     """Search hyperparameters with Optuna (objective: validation R); re-running continues."""
     from bmdbench.config import parse_set
-    from bmdbench.dispatch import default_storage
+    from bmdbench.dispatch import default_storage, shown
     from bmdbench.errors import ConfigError
     from bmdbench.tune import (
         DEFAULT_METHOD,
@@ -424,7 +430,7 @@ def tune(
     url = storage or default_storage(out)
     opened = open_study(search, url, study or search.study_name())
     out_console.print(
-        f"study [bold]{opened.study_name}[/] in {url}: {len(opened.trials)} trials so far; "
+        f"study [bold]{opened.study_name}[/] in {shown(url)}: {len(opened.trials)} trials so far; "
         f"searching {', '.join(search_space(search.method, search.kind))}"
     )
     run_search(search, opened, n_trials, timeout, out, out_console)
@@ -450,35 +456,67 @@ def plot(
         print(path)
 
 
+ListFormat = Annotated[
+    str | None,
+    typer.Option(
+        "--format",
+        help="table | tsv | json (default: table on a terminal, tsv, full width, when piped).",
+    ),
+]
+
+
+def _emit(headers: list[str], rows: list[list[str]], fmt: str | None) -> None:
+    """A listing as a rich table (a terminal), tab-separated lines (piped: every name in
+    full, for grep and cut) or JSON (one object per row)."""
+    import json
+
+    from bmdbench.errors import ConfigError
+
+    fmt = fmt or ("table" if out_console.is_terminal else "tsv")
+    if fmt == "json":
+        print(json.dumps([dict(zip(headers, row, strict=True)) for row in rows], indent=1))
+    elif fmt == "tsv":
+        print("\n".join("\t".join(line) for line in [headers, *rows]))
+    elif fmt == "table":
+        table = Table(*headers)
+        for row in rows:
+            table.add_row(*row)
+        out_console.print(table)
+    else:
+        raise ConfigError(f"unknown format {fmt!r}", "use one of: table, tsv, json")
+
+
 @list_app.command("methods")
-def list_methods() -> None:
+def list_methods(fmt: ListFormat = None) -> None:
     """Registered methods: stage, the stage-1 method they start from, hyperparameters."""
     from bmdbench import catalogue
 
-    table = Table(
+    rows = []
+    for name, row in catalogue.load("method").rows.items():
+        hparams = {k: v for k, v in row["hyperparameters"].items() if k != "stage1"}
+        shown = ", ".join(f"{k}={v}" for k, v in hparams.items()) or "—"
+        rows.append([name, str(row["stage"]), row["parent"] or "—", shown, row["description"]])
+    headers = [
         "method",
         "stage",
         "stage-1 parent",
         "hyperparameter defaults (--set METHOD.KEY=...)",
         "description",
-    )
-    for name, row in catalogue.load("method").rows.items():
-        hparams = {k: v for k, v in row["hyperparameters"].items() if k != "stage1"}
-        shown = ", ".join(f"{k}={v}" for k, v in hparams.items()) or "—"
-        table.add_row(name, str(row["stage"]), row["parent"] or "—", shown, row["description"])
-    out_console.print(table)
+    ]
+    _emit(headers, rows, fmt)
 
 
 @list_app.command("backbones")
-def list_backbones() -> None:
-    """Registered backbones with their embedding size and parameter count."""
+def list_backbones(fmt: ListFormat = None) -> None:
+    """Registered backbones with their embedding size and parameter count (any other timm
+    model name works too: timm.list_models())."""
     from bmdbench import catalogue
 
-    table = Table("backbone", "embedding", "parameters")
-    for name, row in catalogue.load("backbone").rows.items():
-        table.add_row(name, str(row["embedding"]), f"{row['parameters'] / 1e6:.2f} M")
-    out_console.print(table)
-    out_console.print("Any other timm model name works too (timm.list_models()).")
+    rows = [
+        [name, str(row["embedding"]), f"{row['parameters'] / 1e6:.2f} M"]
+        for name, row in catalogue.load("backbone").rows.items()
+    ]
+    _emit(["backbone", "embedding", "parameters"], rows, fmt)
 
 
 @list_app.command("runs")
@@ -520,15 +558,15 @@ def list_runs(
 
 
 @list_app.command("presets")
-def list_presets() -> None:
+def list_presets(fmt: ListFormat = None) -> None:
     """Presets and what they set."""
     from bmdbench.config import PRESET_HELP, PRESETS, flatten
 
-    table = Table("preset", "description", "settings")
-    for name, values in PRESETS.items():
-        settings = ", ".join(f"{k}={v}" for k, v in flatten(values).items())
-        table.add_row(name, PRESET_HELP[name], settings)
-    out_console.print(table)
+    rows = [
+        [name, PRESET_HELP[name], ", ".join(f"{k}={v}" for k, v in flatten(values).items())]
+        for name, values in PRESETS.items()
+    ]
+    _emit(["preset", "description", "settings"], rows, fmt)
 
 
 @data_app.command("synth")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import threading
 import warnings
@@ -47,6 +48,22 @@ def default_storage(out: Path) -> str:
     """The SQLite file that holds the queues (and studies) of an output root."""
     out.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{(out / DB_NAME).resolve()}"
+
+
+STORAGE_ENV = "BMDBENCH_STORAGE"
+"""The environment variable that may hold the storage URL (as ``--storage`` does): a URL with
+a password is then on no command line, and grid workers receive it this way."""
+
+
+def shown(url: str) -> str:
+    """A storage URL as bmdbench prints it: any password replaced by ``***``."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # not a URL at all: nothing to hide that parsing could find
+        return re.sub(r"//([^:/@]*):[^@]*@", r"//\1:***@", url)
 
 
 def open_storage(
@@ -83,7 +100,7 @@ def open_storage(
         text = str(exc).strip()
         reason = text.splitlines()[0] if text else ""  # not sqlalchemy's links and SQL
         raise ConfigError(
-            f"cannot open storage {url!r}: {type(exc).__name__}: {reason}",
+            f"cannot open storage {shown(url)!r}: {type(exc).__name__}: {reason.replace(url, shown(url))}",
             "give --storage a reachable Optuna URL (sqlite:///file.db or postgresql://user@host/db)",
         ) from None
 

@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bmdbench import catalogue, store
 from bmdbench.config import stable_hash
-from bmdbench.dispatch import IDLE_S, CellQueue, Counts
+from bmdbench.dispatch import IDLE_S, STORAGE_ENV, CellQueue, Counts
 from bmdbench.errors import BmdError, ConfigError, RunFailed
 from bmdbench.paper_tables import PAPER_BACKBONE, PaperTable, select
 from bmdbench.spec import RunSpec
@@ -320,22 +320,18 @@ def _run_workers(
 ) -> None:
     logs = out / "grids"
     logs.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        "bmdbench.cli",
-        "worker",
-        "--storage",
-        storage,
-        "--study",
-        name,
-    ]
+    # the URL travels in the environment, never on a command line that `ps` shows to all
+    command = [sys.executable, "-m", "bmdbench.cli", "worker", "--study", name]
+    environment = {**os.environ, STORAGE_ENV: storage}
     procs = []
     for i in range(n):
         with open(logs / f"{name}.worker{i}.log", "a") as log:
             procs.append(
                 subprocess.Popen(
-                    [*command, "--out", str(out)], stdout=log, stderr=subprocess.STDOUT
+                    [*command, "--out", str(out)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=environment,
                 )
             )
     try:

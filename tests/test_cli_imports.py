@@ -90,3 +90,26 @@ def test_the_probe_sees_an_import_of_torch(tmp_path: Path) -> None:
     # a listing without a catalogue imports the registry: the probe must see it, or the test
     # above proves nothing
     assert "torch" in heavy_imports("list", "methods", cache=tmp_path)
+
+
+def test_piped_lists_keep_every_name_whole_and_json_parses():
+    from bmdbench.methods import METHODS
+
+    piped = subprocess.run(
+        [sys.executable, "-m", "bmdbench.cli", "list", "methods"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    names = [line.split("\t")[0] for line in piped.splitlines()[1:]]
+    assert names == list(METHODS)  # in full, one per line, in registration order
+    assert "temporal_ensembling" in [line.split("\t")[0] for line in piped.splitlines()]
+    as_json = subprocess.run(
+        [sys.executable, "-m", "bmdbench.cli", "list", "backbones", "--format", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rows = json.loads(as_json)
+    assert {"backbone", "embedding", "parameters"} <= set(rows[0])
+    assert "vgg11_bn_se" in [row["backbone"] for row in rows]

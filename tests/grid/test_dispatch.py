@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
+import pytest
 from optuna.trial import TrialState
 
 from bmdbench.dispatch import CellQueue
@@ -91,3 +93,48 @@ def test_live_worker_keeps_its_cell(tmp_path):
     with q.heartbeat(trial):
         pass
     assert q.take() is None
+
+
+SECRET = "postgresql://bench:s3cret-pw@127.0.0.1:1/bmdbench"
+
+
+def test_a_storage_password_is_shown_nowhere(tmp_path, monkeypatch):
+    """Not in a printed URL, not in an error, not on a worker's command line."""
+    from bmdbench import grid
+    from bmdbench.dispatch import STORAGE_ENV, open_storage, shown
+    from bmdbench.errors import ConfigError
+
+    assert shown(SECRET) == "postgresql://bench:***@127.0.0.1:1/bmdbench"
+    with pytest.raises(ConfigError) as refused:  # nothing listens on port 1
+        open_storage(SECRET)
+    assert "s3cret" not in str(refused.value) and "bench:***@" in str(refused.value)
+
+    started = []
+
+    class Popen:
+        def __init__(self, argv, env, **kwargs):
+            started.append((argv, env))
+
+        def poll(self):
+            return 0
+
+    q = queue(tmp_path)
+    monkeypatch.setattr(grid.subprocess, "Popen", Popen)
+    grid._run_workers(2, SECRET, "q", tmp_path, q, lambda counts: None)
+    assert len(started) == 2
+    for argv, env in started:
+        assert not any("s3cret" in part for part in argv)
+        assert env[STORAGE_ENV] == SECRET  # the worker reads it from its environment
+
+
+def test_a_worker_takes_its_storage_from_the_environment(tmp_path):
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    queue(tmp_path).fill([])
+    done = subprocess.run(
+        [sys.executable, "-m", "bmdbench.cli", "worker", "--study", "q", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "BMDBENCH_STORAGE": url},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
