@@ -80,8 +80,16 @@ def test_table_cells_follow_the_paper():
 
 def test_sota_table_is_table2_and_the_later_methods():
     sota = [tc.method for tc in TABLES["sota"].cells]
-    assert sota[:5] == [tc.method for tc in TABLES["table2"].cells]
-    assert sota[5:] == ["ucvme", "mixmatch", "rda", "rankup", "rankup_rda"]
+    assert sota[:7] == [tc.method for tc in TABLES["table2"].cells]
+    assert sota[7:] == ["ucvme", "mixmatch", "rda", "rankup", "rankup_rda"]
+    # every stage-2 cell names the control of its parent, which is in the table
+    labels = {tc.label: tc for tc in TABLES["sota"].cells}
+    for tc in TABLES["sota"].cells:
+        if METHODS.get(tc.method).stage == 2 and not METHODS.get(tc.method).labeled_only:
+            assert tc.control in labels
+            parent = RunSpec(tc.method, "tiny", "quick").parent()
+            assert parent is not None
+            assert RunSpec(labels[tc.control].method, "tiny", "quick").parent() == parent
     assert all(cell.method in METHODS for cell in TABLES["sota"].cells)  # each registered
     assert [t.name for t in select("all")] == ["table1", "table2", "table3", "table4"]
     assert select("sota") == [TABLES["sota"]]
@@ -114,6 +122,7 @@ def _grid(out, *extra):
 
 
 def test_killed_grid_resumes_and_runs_every_cell_once(tmp_path):
+    # Table 2 at 2 seeds: baseline, atl, control, Π, TE, MT, control (ATL), proposed: 16 cells
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         _grid(tmp_path), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -123,10 +132,10 @@ def test_killed_grid_resumes_and_runs_every_cell_once(tmp_path):
     proc.wait()
     done = subprocess.run(_grid(tmp_path), env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    assert "12 of 12 cells done, 0 failed" in done.stdout
+    assert "16 of 16 cells done, 0 failed" in done.stdout
 
     records = list(store.iter_records(tmp_path))
-    assert len(records) == 12 and all(r.ok for r in records)
+    assert len(records) == 16 and all(r.ok for r in records)
     leftovers = [p.name for p in store.runs_dir(tmp_path).iterdir() if p.name.startswith(".")]
     assert leftovers == []
     (events,) = (tmp_path / "grids").glob("*.events.jsonl")
@@ -140,7 +149,7 @@ def test_killed_grid_resumes_and_runs_every_cell_once(tmp_path):
     starts = collections.Counter(e["key"] for e in logged if e["event"] == "start")
     in_flight = {e["key"] for e in logged if e["event"] == "end"} - set(trained)
     assert len(in_flight) <= 1 and all(starts[key] == 2 for key in in_flight)
-    assert len(trained) + len(in_flight) == 12
+    assert len(trained) + len(in_flight) == 16
 
     again = subprocess.run(_grid(tmp_path), env=env, capture_output=True, text=True, timeout=600)
-    assert "12 already done" in again.stdout and "12 of 12 cells done" in again.stdout
+    assert "16 already done" in again.stdout and "16 of 16 cells done" in again.stdout
