@@ -121,7 +121,7 @@ def budget_stats(
             spec = base.but(method=method, settings={**sets, **extra})
             keys.append((label, method))
             frames.append(cell_runs(runs, [spec.signature]))
-    references = {
+    references: dict[str, list[int | None]] = {
         "base": [keys.index((label, REFERENCE)) for label, _ in keys],
         "control": [
             keys.index((label, controls[m])) if controls.get(m) else None for label, m in keys

@@ -67,7 +67,7 @@ def build(
             )
     labels = [tc.label for tc in cells]
     reference = next(i for i, tc in enumerate(cells) if tc.label == table.reference)
-    references = {
+    references: dict[str, list[int | None]] = {
         "base": [reference] * len(cells),
         "control": [labels.index(tc.control) if tc.control else None for tc in cells],
     }

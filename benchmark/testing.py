@@ -286,7 +286,8 @@ class _WatchedTest(DataModule):
     whether training was over at that moment."""
 
     def watch(self, clock: _TrainingOver) -> None:
-        self.clock, self.test_reads = clock, []
+        self.clock = clock
+        self.test_reads: list[bool] = []
 
     def eval_chunks(self, split: str, chunk: int = 256) -> Iterator[torch.Tensor]:
         if split == "test":
