@@ -54,7 +54,7 @@ def test_label_budgets_on_a_bone_age_manifest(tmp_path):
     options += ["--set", "target_norm=zscore", "--set", "split.val=12", "--set", "split.test=12"]
     bmdbench("grid", "labels", *options, "--seeds", "1", "--device", "cpu")
     records = list(store.iter_records(out))
-    assert len(records) == 5  # 2 budgets × (baseline, pi_model) + the ceiling
+    assert len(records) == 7  # 2 budgets × (baseline, pi_model, its control) + the ceiling
     held_out = set()
     for record in records:
         split = json.loads((store.runs_dir(out) / record.name / "split.json").read_text())
@@ -71,4 +71,4 @@ def test_label_budgets_on_a_bone_age_manifest(tmp_path):
     bmdbench("table", "labels", *options)
     assert (out / "figures" / "labels.png").exists()
     tidy = pd.read_csv(out / "tables" / "labels.csv", comment="#")
-    assert list(tidy["n_labeled"]) == [16, 16, 24, 24, 40]
+    assert list(tidy["n_labeled"]) == [16, 16, 16, 24, 24, 24, 40]
