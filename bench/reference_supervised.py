@@ -145,7 +145,7 @@ def main() -> None:
         z = torch.cat([model(x).squeeze(1) for x, _ in loader(part, False)]).numpy()
         return z * sd + mean
 
-    best_r, best_state = -np.inf, None
+    best_r, best_state, val_rs = -np.inf, None, []
     for _ in range(args.epochs):
         model.train()
         for x, y in train:
@@ -156,6 +156,7 @@ def main() -> None:
         schedule.step()
         val = predict("val")
         r = pearson(targets[index["val"]], val)
+        val_rs.append(round(r, 5))
         if r > best_r:
             best_r, best_val = r, val
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -168,6 +169,7 @@ def main() -> None:
         "test_rmse": float(np.sqrt(np.mean((truth - test) ** 2))),
         "val_r": best_r,
         "val_rmse": float(np.sqrt(np.mean((targets[index["val"]] - best_val) ** 2))),
+        "val_r_by_epoch": val_rs,
         "seconds": round(time.perf_counter() - started, 1),
     }
     print(json.dumps(result))
