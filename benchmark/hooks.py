@@ -4,7 +4,7 @@ The loop itself (steps, validation, the epoch's record) is the Trainer's; checkp
 selection, the epoch log, the progress bars, the divergence check and a search's pruning are
 hooks (:class:`Hook`, detectron2's ``HookBase``), each a few lines that read a
 :class:`FitState`. Hooks never call ``backward``, step the optimiser or set autocast: only
-the Trainer optimises (STYLE.md, principle 1). The method's own hooks
+the Trainer optimises, so no hook can change what is trained. The method's own hooks
 (``method.on_stage_start`` and the rest, :mod:`bmdbench.methods.base`) are the method
 contract, not these.
 """

@@ -1,7 +1,8 @@
 """The one training loop every method runs in.
 
 The Trainer alone calls ``backward``, steps the optimiser, sets autocast and
-moves tensors between devices (STYLE.md, principle 1). It validates after every
+moves tensors between devices: methods only return losses, so every method is optimised
+the same way, and a change to the loop changes it for all. It validates after every
 epoch (and once before the first, so a fine-tuning stage can keep its starting
 weights), keeps the checkpoint with the highest validation Pearson R, and
 scores the test split once, with that checkpoint, at the very end. Checkpoint
