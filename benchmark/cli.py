@@ -28,8 +28,10 @@ app = typer.Typer(
 )
 list_app = typer.Typer(help="Show what is registered.", no_args_is_help=True)
 data_app = typer.Typer(help="Make and check datasets.", no_args_is_help=True)
+export_app = typer.Typer(help="Hand a results store to other tools.", no_args_is_help=True)
 app.add_typer(list_app, name="list")
 app.add_typer(data_app, name="data")
+app.add_typer(export_app, name="export")
 
 out_console = Console()
 err_console = Console(stderr=True)
@@ -600,6 +602,27 @@ def data_check(
     from bmdbench.data.check import check_manifest, render_summary
 
     out_console.print(render_summary(check_manifest(manifest)))
+
+
+@export_app.command("mlflow")
+def export_mlflow(
+    out: Annotated[Path, typer.Option("--out", help="The results store to export.")] = Path(
+        "results"
+    ),
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="An MLflow tracking URI (default: sqlite file OUT/mlflow/mlflow.db)."),
+    ] = None,
+    experiment: Annotated[str, typer.Option(help="The MLflow experiment.")] = "bmdbench",
+) -> None:
+    """Log every finished run of the store as one MLflow run (again: only the new ones)."""
+    from bmdbench.mlflow_export import export
+
+    done = export(out, tracking_uri, experiment)
+    print(
+        f"{done.logged} runs logged, {done.skipped} already there: experiment "
+        f"{done.experiment!r} at {done.tracking_uri}"
+    )
 
 
 def _error(message: str) -> None:
