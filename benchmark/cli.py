@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 import bmdbench
 from bmdbench import store
@@ -465,58 +464,21 @@ ListFormat = Annotated[
 ]
 
 
-def _emit(headers: list[str], rows: list[list[str]], fmt: str | None) -> None:
-    """A listing as a rich table (a terminal), tab-separated lines (piped: every name in
-    full, for grep and cut) or JSON (one object per row)."""
-    import json
-
-    from bmdbench.errors import ConfigError
-
-    fmt = fmt or ("table" if out_console.is_terminal else "tsv")
-    if fmt == "json":
-        print(json.dumps([dict(zip(headers, row, strict=True)) for row in rows], indent=1))
-    elif fmt == "tsv":
-        print("\n".join("\t".join(line) for line in [headers, *rows]))
-    elif fmt == "table":
-        table = Table(*headers)
-        for row in rows:
-            table.add_row(*row)
-        out_console.print(table)
-    else:
-        raise ConfigError(f"unknown format {fmt!r}", "use one of: table, tsv, json")
-
-
 @list_app.command("methods")
 def list_methods(fmt: ListFormat = None) -> None:
     """Registered methods: stage, the stage-1 method they start from, hyperparameters."""
-    from bmdbench import catalogue
+    from bmdbench.listings import show
 
-    rows = []
-    for name, row in catalogue.load("method").rows.items():
-        hparams = {k: v for k, v in row["hyperparameters"].items() if k != "stage1"}
-        shown = ", ".join(f"{k}={v}" for k, v in hparams.items()) or "—"
-        rows.append([name, str(row["stage"]), row["parent"] or "—", shown, row["description"]])
-    headers = [
-        "method",
-        "stage",
-        "stage-1 parent",
-        "hyperparameter defaults (--set METHOD.KEY=...)",
-        "description",
-    ]
-    _emit(headers, rows, fmt)
+    show("methods", fmt, out_console)
 
 
 @list_app.command("backbones")
 def list_backbones(fmt: ListFormat = None) -> None:
     """Registered backbones with their embedding size and parameter count (any other timm
     model name works too: timm.list_models())."""
-    from bmdbench import catalogue
+    from bmdbench.listings import show
 
-    rows = [
-        [name, str(row["embedding"]), f"{row['parameters'] / 1e6:.2f} M"]
-        for name, row in catalogue.load("backbone").rows.items()
-    ]
-    _emit(["backbone", "embedding", "parameters"], rows, fmt)
+    show("backbones", fmt, out_console)
 
 
 @list_app.command("runs")
@@ -525,48 +487,17 @@ def list_runs(
     csv: Annotated[bool, typer.Option("--csv", help="Every column of the store, as CSV.")] = False,
 ) -> None:
     """Finished runs under OUT: method, seed, status, test R and RMSE, pseudo-label error."""
-    import pandas as pd
+    from bmdbench.listings import show_runs
 
-    from bmdbench.results import load_runs
-
-    runs = load_runs(out)
-    if csv:
-        print(runs.to_csv(index=False), end="")
-        return
-    headers = {
-        "method": "method",
-        "backbone": "backbone",
-        "preset": "preset",
-        "seed": "seed",
-        "status": "status",
-        "test_pearson_r": "test R",
-        "test_rmse": "test RMSE",
-        "pseudo_rmse": "pseudo RMSE",
-        "pseudo_r": "pseudo R",
-        "pseudo_refreshes": "refreshes",
-    }
-    shown = [c for c in headers if c in runs.columns]
-    table = Table(*(headers[c] for c in shown), title=f"{len(runs)} runs in {out / 'runs'}")
-    for _, row in runs.iterrows():
-        table.add_row(
-            *(
-                "—" if pd.isna(v) else f"{v:.4f}" if isinstance(v, float) else str(v)
-                for v in row[shown]
-            )
-        )
-    out_console.print(table)
+    show_runs(out, csv, out_console)
 
 
 @list_app.command("presets")
 def list_presets(fmt: ListFormat = None) -> None:
     """Presets and what they set."""
-    from bmdbench.config import PRESET_HELP, PRESETS, flatten
+    from bmdbench.listings import show
 
-    rows = [
-        [name, PRESET_HELP[name], ", ".join(f"{k}={v}" for k, v in flatten(values).items())]
-        for name, values in PRESETS.items()
-    ]
-    _emit(["preset", "description", "settings"], rows, fmt)
+    show("presets", fmt, out_console)
 
 
 @data_app.command("synth")

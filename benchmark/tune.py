@@ -20,7 +20,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from bmdbench import catalogue, store
+from bmdbench import store
 from bmdbench.config import Range, stable_hash
 from bmdbench.dispatch import open_storage, quiet_libraries, shown
 from bmdbench.errors import ConfigError, Pruned, RunFailed
@@ -42,21 +42,21 @@ PRUNER_WARMUP = 0.5  # fraction of its epochs a trial runs before the median pru
 
 
 def search_space(method: str, kind: str) -> dict[str, Range]:
-    """Dotted ``--set`` keys → ranges that ``kind`` searches for ``method`` (from the
-    methods' catalogue, so an impossible search is reported without torch)."""
+    """Dotted ``--set`` keys → ranges that ``kind`` searches for ``method`` (the method's
+    ``search_space`` and its stage's learning rate)."""
     if kind not in KINDS:
         raise ConfigError(f"unknown search {kind!r}", f"use one of: {', '.join(KINDS)}")
-    catalogue.check("method", method)
-    methods = catalogue.load("method").rows
-    row = methods[method]
-    space = {f"{method}.{name}": Range(**r) for name, r in row["search_space"].items()}
-    space[f"stage{row['stage']}.lr"] = LR
+    from bmdbench.methods import METHODS  # imports torch: an unknown kind is told without it
+
+    spec = METHODS.get(method)
+    space = {f"{method}.{name}": r for name, r in spec.search_space.items()}
+    space[f"stage{spec.stage}.lr"] = LR
     chosen = space if kind == "all" else {k: r for k, r in space.items() if r.kind == kind}
     if not chosen:
         has = [
             name
-            for name, other in methods.items()
-            if any(r["kind"] == kind for r in other["search_space"].values())
+            for name in METHODS
+            if any(r.kind == kind for r in METHODS.get(name).search_space.values())
         ]
         raise ConfigError(
             f"{method} has no {kind} hyperparameter to search",
