@@ -124,21 +124,13 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Train one method on one backbone; print its metrics and the run directory."""
-    from bmdbench.config import default_preset, load_config_file, parse_set
+    from bmdbench.config import default_preset
+    from bmdbench.options import settings
     from bmdbench.spec import RunSpec
 
-    overrides = load_config_file(config) if config else {}
-    for key, value in (
-        ("split.train", n_labeled),
-        ("split.val", n_val),
-        ("split.test", n_test),
-        ("pretrained", str(pretrained) if pretrained else None),
-    ):
-        if value is not None:
-            overrides[key] = value
-    if allow_overlap:
-        overrides["split.allow_overlap"] = True
-    overrides.update(parse_set(set_ or []))
+    given = {"split.train": n_labeled, "split.val": n_val, "split.test": n_test}
+    given["pretrained"] = str(pretrained) if pretrained else None
+    overrides = settings(set_, config=config, allow_overlap=allow_overlap, given=given)
     spec = RunSpec.of(
         method,
         backbone,
@@ -219,20 +211,14 @@ def grid(
 ) -> None:
     """Run the cells of a paper table (or a custom grid); resumes where it stopped."""
     from bmdbench.budgets import parse_budgets
-    from bmdbench.config import parse_set
     from bmdbench.dispatch import default_storage, open_storage
-    from bmdbench.errors import ConfigError
     from bmdbench.grid import cells_for, make_plan, print_plan, run_grid
+    from bmdbench.options import check_positive, settings
 
-    if workers < 1:
-        raise ConfigError(
-            f"--workers {workers} is not a positive count", "give --workers 1 or more"
-        )
+    check_positive("--workers", workers)
     store.check_out(out, "runs", "grids")
-    if allow_overlap:
-        set_ = [*(set_ or []), "split.allow_overlap=true"]
     base = _base(preset, data, unlabeled, device)
-    sets = parse_set(set_ or [])
+    sets = settings(set_, allow_overlap=allow_overlap)
     budgets = parse_budgets(n_labeled) if n_labeled is not None else []
     cells = cells_for(table, _names(methods), _names(backbones), seeds, sets, base, budgets)
     plan = make_plan(cells, out)  # every cell checked as `bmdbench run` would

@@ -26,6 +26,7 @@ from bmdbench import store
 from bmdbench.config import stable_hash
 from bmdbench.dispatch import IDLE_S, STORAGE_ENV, CellQueue, Counts
 from bmdbench.errors import BmdError, ConfigError, RunFailed
+from bmdbench.options import check_positive
 from bmdbench.paper_tables import PAPER_BACKBONE, PaperTable, select
 from bmdbench.spec import RunSpec, check_names
 
@@ -44,8 +45,7 @@ def cells_for(
     Tables 2–4), a label-budget grid's (``table`` "labels": every method at every one of
     ``budgets``, on one backbone, :mod:`bmdbench.budgets`) or a custom grid's (every method ×
     backbone), each over seeds 0..seeds-1."""
-    if seeds < 1:
-        raise ConfigError(f"--seeds {seeds} is not a positive count", "give --seeds 1 or more")
+    check_positive("--seeds", seeds)
     check_names(methods, backbones)  # every name before any cell is resolved
     if table == "labels":
         from bmdbench.budgets import budget_cells
