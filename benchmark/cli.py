@@ -362,65 +362,37 @@ def tune(
     allow_overlap: AllowOverlap = False,
 ) -> None:
     """Search hyperparameters with Optuna (objective: validation R); re-running continues."""
-    from bmdbench.config import parse_set
-    from bmdbench.dispatch import default_storage, shown
-    from bmdbench.errors import ConfigError
-    from bmdbench.tune import (
-        DEFAULT_METHOD,
-        Search,
-        open_study,
-        run_search,
-        search_space,
-        summarise,
-        write_trials,
+    from bmdbench.config import default_preset
+    from bmdbench.options import settings
+    from bmdbench.spec import RunSpec
+    from bmdbench.tune import run_tune
+
+    sets = settings(set_, allow_overlap=allow_overlap)
+    base = RunSpec.of(
+        "",
+        backbone,
+        preset or default_preset(),
+        sets,
+        data=data,
+        unlabeled=unlabeled,
+        seed=seed,
+        device=device,
     )
-    from bmdbench.tune import equal_budget as tune_equal_budget
-
-    if allow_overlap:
-        set_ = [*(set_ or []), "split.allow_overlap=true"]
-    sets = tuple(sorted(parse_set(set_ or []).items()))
-    if timeout is not None and not timeout > 0:
-        raise ConfigError(f"--timeout {timeout} is not a positive time", "give seconds > 0")
-    store.check_out(out, "runs", "studies", "tables")
-    base = replace(_base(preset, data, unlabeled, device), backbone=backbone, seed=seed)
-
-    def search_for(name: str) -> Search:
-        search = Search(kind, replace(base, method=name, settings=sets))
-        search_space(search.method, search.kind)  # an impossible search fails before any work,
-        cfg = search.spec.config  # (names and keys: without torch)
-        from bmdbench.runner import check
-
-        check(cfg, out)  # and so does a run it could not start
-        return search
-
-    if equal_budget is not None:
-        if equal_budget < 1 or not _names(methods):
-            raise ConfigError(
-                "--equal-budget needs a positive trial count and --methods",
-                "e.g. bmdbench tune all --equal-budget 10 --methods pi_model,mean_teacher,proposed",
-            )
-        if seeds < 1:
-            raise ConfigError(f"--seeds {seeds} is not a positive count", "give --seeds 1 or more")
-        searches = [search_for(m) for m in _names(methods)]
-        url = storage or default_storage(out)
-        print(tune_equal_budget(kind, searches, equal_budget, seeds, url, out, out_console))
-        return
-    if methods:
-        raise ConfigError("--methods goes with --equal-budget", "use --method NAME for one search")
-    if n_trials < 1:
-        raise ConfigError(
-            f"--n-trials {n_trials} is not a positive count", "give --n-trials 1 or more"
-        )
-    search = search_for(method or DEFAULT_METHOD.get(kind, "proposed"))
-    url = storage or default_storage(out)
-    opened = open_study(search, url, study or search.study_name())
-    out_console.print(
-        f"study [bold]{opened.study_name}[/] in {shown(url)}: {len(opened.trials)} trials so far; "
-        f"searching {', '.join(search_space(search.method, search.kind))}"
+    paths = run_tune(
+        kind,
+        base,
+        out,
+        out_console,
+        method=method,
+        n_trials=n_trials,
+        timeout=timeout,
+        storage=storage,
+        study=study,
+        equal_trials=equal_budget,
+        methods=_names(methods),
+        seeds=seeds,
     )
-    run_search(search, opened, n_trials, timeout, out, out_console)
-    summarise(opened, out, out_console)
-    for path in write_trials(opened, ("md", "latex", "csv"), out):
+    for path in paths:
         print(path)
 
 

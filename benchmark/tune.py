@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,9 @@ from rich.table import Table
 
 from bmdbench import store
 from bmdbench.config import Range, stable_hash
-from bmdbench.dispatch import open_storage, quiet_libraries, shown
+from bmdbench.dispatch import default_storage, open_storage, quiet_libraries, shown
 from bmdbench.errors import ConfigError, Pruned, RunFailed
+from bmdbench.options import check_positive
 from bmdbench.record import RunRecord
 from bmdbench.spec import RunSpec
 
@@ -115,6 +116,70 @@ def _epochs(search: Search) -> int:
     """Epochs of the stage the search trains (the method's own stage)."""
     cfg = search.spec.config
     return (cfg.stage1 if cfg.parent is None else cfg.stage2).epochs
+
+
+def run_tune(
+    kind: str,
+    base: RunSpec,
+    out: Path,
+    console: Console,
+    *,
+    method: str | None = None,
+    n_trials: int = 20,
+    timeout: float | None = None,
+    storage: str | None = None,
+    study: str | None = None,
+    equal_trials: int | None = None,
+    methods: Sequence[str] = (),
+    seeds: int = 3,
+) -> list[Path]:
+    """``bmdbench tune KIND``: add ``n_trials`` trials (or ``timeout`` seconds' worth) to the
+    study of ``method``'s ``kind`` search from ``base`` (its method replaced), print them and
+    the best one, and return the trials' tables; or, with ``equal_trials``, tune each of
+    ``methods`` with that many trials and compare them on test over ``seeds`` seeds
+    (:func:`equal_budget`), and return that table. Every option and every search's run is
+    checked before the first trial."""
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"--timeout {timeout} is not a positive time", "give seconds > 0")
+    store.check_out(out, "runs", "studies", "tables")
+    if equal_trials is not None:
+        if equal_trials < 1 or not methods:
+            raise ConfigError(
+                "--equal-budget needs a positive trial count and --methods",
+                "e.g. bmdbench tune all --equal-budget 10 --methods pi_model,mean_teacher,proposed",
+            )
+        check_positive("--seeds", seeds)
+    elif methods:
+        raise ConfigError("--methods goes with --equal-budget", "use --method NAME for one search")
+    else:
+        check_positive("--n-trials", n_trials)
+    names = (
+        methods if equal_trials is not None else [method or DEFAULT_METHOD.get(kind, "proposed")]
+    )
+    searches = [_checked_search(kind, replace(base, method=name), out) for name in names]
+    url = storage or default_storage(out)
+    if equal_trials is not None:
+        return [equal_budget(kind, searches, equal_trials, seeds, url, out, console)]
+    (search,) = searches
+    opened = open_study(search, url, study or search.study_name())
+    console.print(
+        f"study [bold]{opened.study_name}[/] in {shown(url)}: {len(opened.trials)} trials so far; "
+        f"searching {', '.join(search_space(search.method, search.kind))}"
+    )
+    run_search(search, opened, n_trials, timeout, out, console)
+    summarise(opened, out, console)
+    return write_trials(opened, ("md", "latex", "csv"), out)
+
+
+def _checked_search(kind: str, spec: RunSpec, out: Path) -> Search:
+    """The search of ``kind`` from ``spec``, refused now if it has nothing to search or its
+    run could not start (:func:`bmdbench.runner.check`)."""
+    search = Search(kind, spec)
+    search_space(search.method, search.kind)
+    from bmdbench.runner import check  # imports the engine: after the search is known
+
+    check(search.spec.config, out)
+    return search
 
 
 def run_search(
