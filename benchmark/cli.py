@@ -15,6 +15,7 @@ from rich.markup import escape
 import bmdbench
 from bmdbench import store
 from bmdbench.errors import BmdError, RunFailed
+from bmdbench.messages import plain_warnings
 
 if TYPE_CHECKING:
     from bmdbench.spec import RunSpec
@@ -499,9 +500,11 @@ def _error(message: str) -> None:
 
 def main() -> None:
     """Console entry point: a user's mistake becomes one line and exit status 2; a failure
-    of the environment (a full disk) one line and exit status 1; ``--debug`` re-raises."""
+    of the environment (a full disk) one line and exit status 1; ``--debug`` re-raises.
+    bmdbench's warnings are one line each, once (:func:`bmdbench.messages.plain_warnings`)."""
     try:
-        app()
+        with plain_warnings():
+            app()
     except BmdError as exc:
         if _state["debug"]:
             raise
