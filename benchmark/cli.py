@@ -129,8 +129,12 @@ def run(
     from bmdbench.options import settings
     from bmdbench.spec import RunSpec
 
-    given = {"split.train": n_labeled, "split.val": n_val, "split.test": n_test}
-    given["pretrained"] = str(pretrained) if pretrained else None
+    given = {
+        "split.train": n_labeled,
+        "split.val": n_val,
+        "split.test": n_test,
+        "pretrained": str(pretrained) if pretrained else None,
+    }
     overrides = settings(set_, config=config, allow_overlap=allow_overlap, given=given)
     spec = RunSpec.of(
         method,

@@ -109,7 +109,7 @@ class RunSpec:
         added = dict(changes.pop("settings", {}))
         spec = replace(self, settings=tuple(sorted({**dict(self.settings), **added}.items())))
         spec = replace(spec, **changes)
-        from bmdbench.methods import METHODS  # imported by spec.config already
+        from bmdbench.methods import METHODS  # not at the top: see the module's docstring
 
         own = {spec.method} | ({p.method} if (p := spec.config.parent) else set())
         others = set(METHODS) - own

@@ -176,7 +176,7 @@ def _checked_search(kind: str, spec: RunSpec, out: Path) -> Search:
     run could not start (:func:`bmdbench.runner.check`)."""
     search = Search(kind, spec)
     search_space(search.method, search.kind)
-    from bmdbench.runner import check  # imports the engine: after the search is known
+    from bmdbench.runner import check  # torch: after an unknown search kind is told
 
     check(search.spec.config, out)
     return search
