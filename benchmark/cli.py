@@ -146,7 +146,7 @@ def run(
         seed=seed,
         device=device,
     )
-    spec.check_inputs()  # settings, manifest and split: before torch is imported
+    spec.check_inputs()  # every mistake in the inputs, before the engine is imported
     from bmdbench.runner import execute
 
     outcome = execute(spec.config, out, out_console, show_progress=not quiet)
