@@ -25,7 +25,6 @@ from bmdbench.backbones import vgg, timm_backbone, tiny  # noqa: F401
 from bmdbench.backbones._base import BACKBONES, Backbone, BackboneFactory
 from bmdbench.backbones.pretrained import load_pretrained
 from bmdbench.backbones.timm_backbone import TimmBackbone
-from bmdbench.catalogue import Catalogue
 from bmdbench.errors import ConfigError
 from bmdbench.registry import unknown
 
@@ -36,7 +35,6 @@ __all__ = [
     "TimmBackbone",
     "backbone_names",
     "build_backbone",
-    "catalogue",
     "check_backbone",
     "check_name",
     "count_parameters",
@@ -106,15 +104,3 @@ def check_name(name: str) -> None:
     backbone or a timm model name (an architecture, with or without a pretrained tag)."""
     if name not in BACKBONES and not timm.is_model(name):
         raise unknown("backbone", name, backbone_names(), TIMM_NAMES, timm.list_models())
-
-
-def catalogue() -> Catalogue:
-    """What ``bmdbench list backbones`` shows: each registered backbone's embedding size and
-    parameter count for single-channel input (builds each one: about a second for all); and
-    timm's architectures, which a run may name too (:mod:`bmdbench.catalogue`)."""
-    rows = {}
-    for name in backbone_names():
-        backbone = build_backbone(name)
-        rows[name] = {"embedding": backbone.embed_dim, "parameters": count_parameters(backbone)}
-    architectures = {*timm.list_models(), *timm.models.get_deprecated_models()}
-    return Catalogue("backbone", rows, tuple(sorted(architectures)), TIMM_NAMES)

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
 import bmdbench
 from bmdbench import store
 from bmdbench.errors import BmdError, RunFailed
+from bmdbench.messages import plain_warnings
 
 if TYPE_CHECKING:
     from bmdbench.spec import RunSpec
@@ -127,21 +127,17 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
 ) -> None:
     """Train one method on one backbone; print its metrics and the run directory."""
-    from bmdbench.config import default_preset, load_config_file, parse_set
+    from bmdbench.config import default_preset
+    from bmdbench.options import settings
     from bmdbench.spec import RunSpec
 
-    overrides = load_config_file(config) if config else {}
-    for key, value in (
-        ("split.train", n_labeled),
-        ("split.val", n_val),
-        ("split.test", n_test),
-        ("pretrained", str(pretrained) if pretrained else None),
-    ):
-        if value is not None:
-            overrides[key] = value
-    if allow_overlap:
-        overrides["split.allow_overlap"] = True
-    overrides.update(parse_set(set_ or []))
+    given = {
+        "split.train": n_labeled,
+        "split.val": n_val,
+        "split.test": n_test,
+        "pretrained": str(pretrained) if pretrained else None,
+    }
+    overrides = settings(set_, config=config, allow_overlap=allow_overlap, given=given)
     spec = RunSpec.of(
         method,
         backbone,
@@ -152,7 +148,7 @@ def run(
         seed=seed,
         device=device,
     )
-    spec.check_inputs()  # settings, manifest and split: before torch is imported
+    spec.check_inputs()  # every mistake in the inputs, before the engine is imported
     from bmdbench.runner import execute
 
     outcome = execute(spec.config, out, out_console, show_progress=not quiet)
@@ -222,20 +218,14 @@ def grid(
 ) -> None:
     """Run the cells of a paper table (or a custom grid); resumes where it stopped."""
     from bmdbench.budgets import parse_budgets
-    from bmdbench.config import parse_set
     from bmdbench.dispatch import default_storage, open_storage
-    from bmdbench.errors import ConfigError
     from bmdbench.grid import cells_for, make_plan, print_plan, run_grid
+    from bmdbench.options import check_positive, settings
 
-    if workers < 1:
-        raise ConfigError(
-            f"--workers {workers} is not a positive count", "give --workers 1 or more"
-        )
+    check_positive("--workers", workers)
     store.check_out(out, "runs", "grids")
-    if allow_overlap:
-        set_ = [*(set_ or []), "split.allow_overlap=true"]
     base = _base(preset, data, unlabeled, device)
-    sets = parse_set(set_ or [])
+    sets = settings(set_, allow_overlap=allow_overlap)
     budgets = parse_budgets(n_labeled) if n_labeled is not None else []
     cells = cells_for(table, _names(methods), _names(backbones), seeds, sets, base, budgets)
     plan = make_plan(cells, out)  # every cell checked as `bmdbench run` would
@@ -379,65 +369,37 @@ def tune(
     allow_overlap: AllowOverlap = False,
 ) -> None:
     """Search hyperparameters with Optuna (objective: validation R); re-running continues."""
-    from bmdbench.config import parse_set
-    from bmdbench.dispatch import default_storage, shown
-    from bmdbench.errors import ConfigError
-    from bmdbench.tune import (
-        DEFAULT_METHOD,
-        Search,
-        open_study,
-        run_search,
-        search_space,
-        summarise,
-        write_trials,
+    from bmdbench.config import default_preset
+    from bmdbench.options import settings
+    from bmdbench.spec import RunSpec
+    from bmdbench.tune import run_tune
+
+    sets = settings(set_, allow_overlap=allow_overlap)
+    base = RunSpec.of(
+        "",
+        backbone,
+        preset or default_preset(),
+        sets,
+        data=data,
+        unlabeled=unlabeled,
+        seed=seed,
+        device=device,
     )
-    from bmdbench.tune import equal_budget as tune_equal_budget
-
-    if allow_overlap:
-        set_ = [*(set_ or []), "split.allow_overlap=true"]
-    sets = tuple(sorted(parse_set(set_ or []).items()))
-    if timeout is not None and not timeout > 0:
-        raise ConfigError(f"--timeout {timeout} is not a positive time", "give seconds > 0")
-    store.check_out(out, "runs", "studies", "tables")
-    base = replace(_base(preset, data, unlabeled, device), backbone=backbone, seed=seed)
-
-    def search_for(name: str) -> Search:
-        search = Search(kind, replace(base, method=name, settings=sets))
-        search_space(search.method, search.kind)  # an impossible search fails before any work,
-        cfg = search.spec.config  # (names and keys: without torch)
-        from bmdbench.runner import check
-
-        check(cfg, out)  # and so does a run it could not start
-        return search
-
-    if equal_budget is not None:
-        if equal_budget < 1 or not _names(methods):
-            raise ConfigError(
-                "--equal-budget needs a positive trial count and --methods",
-                "e.g. bmdbench tune all --equal-budget 10 --methods pi_model,mean_teacher,proposed",
-            )
-        if seeds < 1:
-            raise ConfigError(f"--seeds {seeds} is not a positive count", "give --seeds 1 or more")
-        searches = [search_for(m) for m in _names(methods)]
-        url = storage or default_storage(out)
-        print(tune_equal_budget(kind, searches, equal_budget, seeds, url, out, out_console))
-        return
-    if methods:
-        raise ConfigError("--methods goes with --equal-budget", "use --method NAME for one search")
-    if n_trials < 1:
-        raise ConfigError(
-            f"--n-trials {n_trials} is not a positive count", "give --n-trials 1 or more"
-        )
-    search = search_for(method or DEFAULT_METHOD.get(kind, "proposed"))
-    url = storage or default_storage(out)
-    opened = open_study(search, url, study or search.study_name())
-    out_console.print(
-        f"study [bold]{opened.study_name}[/] in {shown(url)}: {len(opened.trials)} trials so far; "
-        f"searching {', '.join(search_space(search.method, search.kind))}"
+    paths = run_tune(
+        kind,
+        base,
+        out,
+        out_console,
+        method=method,
+        n_trials=n_trials,
+        timeout=timeout,
+        storage=storage,
+        study=study,
+        equal_trials=equal_budget,
+        methods=_names(methods),
+        seeds=seeds,
     )
-    run_search(search, opened, n_trials, timeout, out, out_console)
-    summarise(opened, out, out_console)
-    for path in write_trials(opened, ("md", "latex", "csv"), out):
+    for path in paths:
         print(path)
 
 
@@ -467,58 +429,21 @@ ListFormat = Annotated[
 ]
 
 
-def _emit(headers: list[str], rows: list[list[str]], fmt: str | None) -> None:
-    """A listing as a rich table (a terminal), tab-separated lines (piped: every name in
-    full, for grep and cut) or JSON (one object per row)."""
-    import json
-
-    from bmdbench.errors import ConfigError
-
-    fmt = fmt or ("table" if out_console.is_terminal else "tsv")
-    if fmt == "json":
-        print(json.dumps([dict(zip(headers, row, strict=True)) for row in rows], indent=1))
-    elif fmt == "tsv":
-        print("\n".join("\t".join(line) for line in [headers, *rows]))
-    elif fmt == "table":
-        table = Table(*headers)
-        for row in rows:
-            table.add_row(*row)
-        out_console.print(table)
-    else:
-        raise ConfigError(f"unknown format {fmt!r}", "use one of: table, tsv, json")
-
-
 @list_app.command("methods")
 def list_methods(fmt: ListFormat = None) -> None:
     """Registered methods: stage, the stage-1 method they start from, hyperparameters."""
-    from bmdbench import catalogue
+    from bmdbench.listings import show
 
-    rows = []
-    for name, row in catalogue.load("method").rows.items():
-        hparams = {k: v for k, v in row["hyperparameters"].items() if k != "stage1"}
-        shown = ", ".join(f"{k}={v}" for k, v in hparams.items()) or "—"
-        rows.append([name, str(row["stage"]), row["parent"] or "—", shown, row["description"]])
-    headers = [
-        "method",
-        "stage",
-        "stage-1 parent",
-        "hyperparameter defaults (--set METHOD.KEY=...)",
-        "description",
-    ]
-    _emit(headers, rows, fmt)
+    show("methods", fmt, out_console)
 
 
 @list_app.command("backbones")
 def list_backbones(fmt: ListFormat = None) -> None:
     """Registered backbones with their embedding size and parameter count (any other timm
     model name works too: timm.list_models())."""
-    from bmdbench import catalogue
+    from bmdbench.listings import show
 
-    rows = [
-        [name, str(row["embedding"]), f"{row['parameters'] / 1e6:.2f} M"]
-        for name, row in catalogue.load("backbone").rows.items()
-    ]
-    _emit(["backbone", "embedding", "parameters"], rows, fmt)
+    show("backbones", fmt, out_console)
 
 
 @list_app.command("runs")
@@ -527,48 +452,17 @@ def list_runs(
     csv: Annotated[bool, typer.Option("--csv", help="Every column of the store, as CSV.")] = False,
 ) -> None:
     """Finished runs under OUT: method, seed, status, test R and RMSE, pseudo-label error."""
-    import pandas as pd
+    from bmdbench.listings import show_runs
 
-    from bmdbench.results import load_runs
-
-    runs = load_runs(out)
-    if csv:
-        print(runs.to_csv(index=False), end="")
-        return
-    headers = {
-        "method": "method",
-        "backbone": "backbone",
-        "preset": "preset",
-        "seed": "seed",
-        "status": "status",
-        "test_pearson_r": "test R",
-        "test_rmse": "test RMSE",
-        "pseudo_rmse": "pseudo RMSE",
-        "pseudo_r": "pseudo R",
-        "pseudo_refreshes": "refreshes",
-    }
-    shown = [c for c in headers if c in runs.columns]
-    table = Table(*(headers[c] for c in shown), title=f"{len(runs)} runs in {out / 'runs'}")
-    for _, row in runs.iterrows():
-        table.add_row(
-            *(
-                "—" if pd.isna(v) else f"{v:.4f}" if isinstance(v, float) else str(v)
-                for v in row[shown]
-            )
-        )
-    out_console.print(table)
+    show_runs(out, csv, out_console)
 
 
 @list_app.command("presets")
 def list_presets(fmt: ListFormat = None) -> None:
     """Presets and what they set."""
-    from bmdbench.config import PRESET_HELP, PRESETS, flatten
+    from bmdbench.listings import show
 
-    rows = [
-        [name, PRESET_HELP[name], ", ".join(f"{k}={v}" for k, v in flatten(values).items())]
-        for name, values in PRESETS.items()
-    ]
-    _emit(["preset", "description", "settings"], rows, fmt)
+    show("presets", fmt, out_console)
 
 
 @data_app.command("synth")
@@ -633,9 +527,11 @@ def _error(message: str) -> None:
 
 def main() -> None:
     """Console entry point: a user's mistake becomes one line and exit status 2; a failure
-    of the environment (a full disk) one line and exit status 1; ``--debug`` re-raises."""
+    of the environment (a full disk) one line and exit status 1; ``--debug`` re-raises.
+    bmdbench's warnings are one line each, once (:func:`bmdbench.messages.plain_warnings`)."""
     try:
-        app()
+        with plain_warnings():
+            app()
     except BmdError as exc:
         if _state["debug"]:
             raise

@@ -39,15 +39,11 @@ class Valid:
 
     ``accepts`` tests a value (``None`` of an optional setting is never tested);
     ``wanted`` completes "use ..." in the error; ``problem`` says what a rejected value is.
-    ``rule``: the call that made it, ``(name in RULES, args)``, so that a method's rules can
-    be written to its catalogue and rebuilt without importing the method
-    (:mod:`bmdbench.catalogue`); None for a rule of a method's own.
     """
 
     accepts: Callable[[Any], bool]
     wanted: Callable[[], str]
     problem: str = "is out of range"
-    rule: tuple[str, tuple[Any, ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -60,13 +56,11 @@ class Range:
     log: bool = False  # sample on a log scale
 
 
-def _valid(
-    accepts: Callable[[Any], bool], wanted: str, rule: tuple[str, tuple[Any, ...]]
-) -> dict[str, Valid]:
+def _valid(accepts: Callable[[Any], bool], wanted: str) -> dict[str, Valid]:
     def finite_and(v: Any) -> bool:  # ints need no test (and may exceed a float's range)
         return (isinstance(v, int) or math.isfinite(v)) and accepts(v)
 
-    return {"valid": Valid(finite_and, lambda: wanted, rule=rule)}
+    return {"valid": Valid(finite_and, lambda: wanted)}
 
 
 def _num(x: float) -> str:
@@ -75,32 +69,30 @@ def _num(x: float) -> str:
 
 def above(low: float) -> dict[str, Valid]:
     """A number > ``low``."""
-    return _valid(lambda v: v > low, f"a value > {_num(low)}", ("above", (low,)))
+    return _valid(lambda v: v > low, f"a value > {_num(low)}")
 
 
 def at_least(low: float) -> dict[str, Valid]:
     """A number ≥ ``low``."""
-    return _valid(lambda v: v >= low, f"a value ≥ {_num(low)}", ("at_least", (low,)))
+    return _valid(lambda v: v >= low, f"a value ≥ {_num(low)}")
 
 
 def between(low: float, high: float, open_: bool = False) -> dict[str, Valid]:
     """A number in [low, high], or in (low, high) with ``open_``."""
-    rule = ("between", (low, high, open_))
     if open_:
-        return _valid(lambda v: low < v < high, f"a value in ({_num(low)}, {_num(high)})", rule)
-    return _valid(lambda v: low <= v <= high, f"a value in [{_num(low)}, {_num(high)}]", rule)
+        return _valid(lambda v: low < v < high, f"a value in ({_num(low)}, {_num(high)})")
+    return _valid(lambda v: low <= v <= high, f"a value in [{_num(low)}, {_num(high)}]")
 
 
 def from_up_to(low: float, high: float) -> dict[str, Valid]:
     """A number in [low, high)."""
-    wanted = f"a value in [{_num(low)}, {_num(high)})"
-    return _valid(lambda v: low <= v < high, wanted, ("from_up_to", (low, high)))
+    return _valid(lambda v: low <= v < high, f"a value in [{_num(low)}, {_num(high)})")
 
 
 def one_of(*names: str) -> dict[str, Valid]:
     """One of ``names``."""
     wanted = f"one of: {', '.join(names)}"
-    valid = Valid(lambda v: v in names, lambda: wanted, "is not known", ("one_of", names))
+    valid = Valid(lambda v: v in names, lambda: wanted, "is not known")
     return {"valid": valid}
 
 
@@ -109,15 +101,7 @@ def count_or_fraction() -> dict[str, Valid]:
     return _valid(
         lambda v: 0 < v < 1 or (v >= 1 and (isinstance(v, int) or v.is_integer())),
         "a count (a whole number ≥ 1) or a fraction in (0, 1)",
-        ("count_or_fraction", ()),
     )
-
-
-RULES: dict[str, Callable[..., dict[str, Valid]]] = {
-    rule.__name__: rule
-    for rule in (above, at_least, between, from_up_to, one_of, count_or_fraction)
-}
-"""The rules a field's metadata may declare by name (:attr:`Valid.rule`)."""
 
 
 SEED = between(0, 2**32 - 1)  # numpy and torch both take seeds in this range

@@ -9,7 +9,8 @@ The other exceptions here end a run rather than report a mistake: :class:`Diverg
 :class:`Pruned` stop training (the Trainer, a search's pruner) and the run records why;
 :class:`RunFailed` then reports the written record to the caller (exit status 1 at the CLI).
 Every exception bmdbench raises on purpose is defined in this module, which imports nothing
-heavy, so the CLI can catch them without importing torch.
+heavy, so the CLI can catch them without importing torch; so is :class:`BmdWarning`, the
+category of bmdbench's own warnings.
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ class PluginError(BmdError):
     that cannot be loaded: the message names its distribution."""
 
     exit_status = 1
+
+
+class BmdWarning(UserWarning):
+    """Something the user should know that does not stop the command: images dropped from
+    the unlabeled pool (``--allow-overlap``), a cache that cannot be written, a table that
+    finds none of the runs. The CLI writes each as one line, ``warning: <message>``, once
+    (:func:`bmdbench.messages.plain_warnings`)."""
 
 
 class Diverged(Exception):

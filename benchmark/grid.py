@@ -22,12 +22,13 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from bmdbench import catalogue, store
+from bmdbench import store
 from bmdbench.config import stable_hash
 from bmdbench.dispatch import IDLE_S, STORAGE_ENV, CellQueue, Counts
 from bmdbench.errors import BmdError, ConfigError, RunFailed
+from bmdbench.options import check_positive
 from bmdbench.paper_tables import PAPER_BACKBONE, PaperTable, select
-from bmdbench.spec import RunSpec
+from bmdbench.spec import RunSpec, check_names
 
 
 def cells_for(
@@ -44,11 +45,8 @@ def cells_for(
     Tables 2–4), a label-budget grid's (``table`` "labels": every method at every one of
     ``budgets``, on one backbone, :mod:`bmdbench.budgets`) or a custom grid's (every method ×
     backbone), each over seeds 0..seeds-1."""
-    if seeds < 1:
-        raise ConfigError(f"--seeds {seeds} is not a positive count", "give --seeds 1 or more")
-    for kind, names in (("method", methods), ("backbone", backbones)):
-        for name in names:  # every name before any cell is resolved (which imports torch)
-            catalogue.check(kind, name)
+    check_positive("--seeds", seeds)
+    check_names(methods, backbones)  # every name before any cell is resolved
     if table == "labels":
         from bmdbench.budgets import budget_cells
 

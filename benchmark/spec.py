@@ -8,19 +8,20 @@ backbone, preset, data, seed, device and the dotted settings a user gave (config
 
 Importing this module imports no method, and so neither torch: resolving a spec checks
 the preset and the run-wide settings first (:func:`bmdbench.config.run_settings`), and
-loads the method registry only for the method's own part.
+imports the registries (:mod:`bmdbench.methods`, :mod:`bmdbench.backbones`, which import
+torch) only for the names and the methods' own settings.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from bmdbench import catalogue, identity
-from bmdbench.config import RunConfig, apply, check_fields, run_settings, to_dict
+from bmdbench import identity
+from bmdbench.config import RunConfig, apply, check_fields, run_settings, to_dict, valid_keys
 from bmdbench.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -64,37 +65,32 @@ class RunSpec:
     @cached_property
     def config(self) -> RunConfig:
         """The resolved config (:func:`resolve`); a mistake raises :class:`ConfigError`."""
-        return resolve(
-            self.method,
-            self.backbone,
-            self.preset,
-            dict(self.settings),
-            data=self.data,
-            unlabeled=self.unlabeled,
-            seed=self.seed,
-            device=self.device,
-        )
+        return resolve(self.method, self.backbone, self.preset, dict(self.settings), **self._top)
+
+    @property
+    def _top(self) -> dict[str, Any]:
+        return {
+            "data": self.data,
+            "unlabeled": self.unlabeled,
+            "seed": self.seed,
+            "device": self.device,
+        }
 
     def check_inputs(self) -> None:
-        """Resolve the run-wide settings, check the names and the methods' settings
-        (:func:`check_names`), read the images and the split, all without torch: a mistake
-        in the settings, a name, the manifest, the split or the label budget is found
-        before the engine is loaded. The images stay decoded for the run
+        """Check what the run needs before the engine is loaded, cheapest first, so that a
+        mistake is told as soon as it can be: the run-wide settings and the rows of the
+        data's manifests, without torch (:func:`bmdbench.config.run_settings`,
+        :func:`bmdbench.data.sources.check_sources`); then the names and the methods'
+        settings, from the registries, before any image is opened (:attr:`config`); then
+        the images, the split and the label budget. The images stay decoded for the run
         (:func:`bmdbench.data.sources.load_images`)."""
         from bmdbench.data import sources
 
-        cfg, method_keys = run_settings(
-            self.method,
-            self.backbone,
-            self.preset,
-            dict(self.settings),
-            data=self.data,
-            unlabeled=self.unlabeled,
-            seed=self.seed,
-            device=self.device,
+        cfg, _ = run_settings(
+            self.method, self.backbone, self.preset, dict(self.settings), **self._top
         )
-        check_names(self.method, self.backbone, method_keys)
-        sources.load_inputs(cfg)
+        sources.check_sources(cfg)
+        sources.load_inputs(self.config)
 
     @property
     def stage(self) -> int:
@@ -113,8 +109,10 @@ class RunSpec:
         added = dict(changes.pop("settings", {}))
         spec = replace(self, settings=tuple(sorted({**dict(self.settings), **added}.items())))
         spec = replace(spec, **changes)
+        from bmdbench.methods import METHODS  # not at the top: see the module's docstring
+
         own = {spec.method} | ({p.method} if (p := spec.config.parent) else set())
-        others = set(catalogue.load("method").rows) - own
+        others = set(METHODS) - own
         kept = tuple((k, v) for k, v in spec.settings if k.split(".", 1)[0] not in others)
         return replace(spec, settings=kept)
 
@@ -170,26 +168,37 @@ def resolve(
 ) -> RunConfig:
     """Build the config of one run: defaults < preset < ``overrides`` (file, then ``--set``),
     then check it. The run-wide part comes first and needs no method
-    (:func:`bmdbench.config.run_settings`); then the method's hyperparameters, its stage-1
-    parent's, and the rules between a method and the settings (:func:`validate`).
+    (:func:`bmdbench.config.run_settings`); then the method, every method's setting (key,
+    type and range) and its stage-1 parent, from the method registry; then the backbone's
+    name; then the rules between a method and the settings (:func:`validate`).
 
     ``top`` sets top-level fields given by their own CLI options (data, seed, device, ...).
     ``overrides`` maps dotted keys to values (strings are parsed to the field's type).
     """
     cfg, method_keys = run_settings(method, backbone, preset, overrides, **top)
-    check_names(method, backbone, method_keys)
     cfg = _with_method(cfg, method, method_keys)
+    check_names((), [backbone])
     validate(cfg)
     return cfg
 
 
-def check_names(method: str, backbone: str, method_settings: Mapping[str, Any]) -> None:
-    """The method and the backbone exist, and so does each method setting's key
-    (``atl.margn``), whose value fits its field's type and declared rule: checked from the
-    registries' catalogues, so without torch (:mod:`bmdbench.catalogue`)."""
-    catalogue.check("method", method)
-    catalogue.check_method_settings(method_settings)
-    catalogue.check("backbone", backbone)
+def check_names(methods: Iterable[str], backbones: Iterable[str]) -> None:
+    """Raise :class:`ConfigError`, naming the closest, unless each of ``methods`` is a
+    registered method and each of ``backbones`` a registered backbone or a timm model name.
+
+    The registries are imported here, not with this module, and each only when a name of
+    its kind is given: they import torch (and timm, for the backbones), which a mistake in
+    the run-wide settings or a manifest does not wait for."""
+    if methods := list(methods):
+        from bmdbench.methods import METHODS
+
+        for name in methods:
+            METHODS.get(name)
+    if backbones := list(backbones):
+        from bmdbench.backbones import check_name
+
+        for name in backbones:
+            check_name(name)
 
 
 def validate(cfg: RunConfig, child: str | None = None) -> None:
@@ -220,14 +229,23 @@ def validate(cfg: RunConfig, child: str | None = None) -> None:
 
 
 def _with_method(cfg: RunConfig, method: str, method_keys: Mapping[str, Any]) -> RunConfig:
-    from bmdbench.methods import METHODS
+    """``cfg`` with ``method``'s hyperparameters (and its stage-1 parent's config), after
+    every key of ``method_keys`` (``<method>.<field>``, those of other methods too: a
+    grid's) is checked: its method, its field, the value's type and range."""
+    from bmdbench.methods import METHODS  # imports torch: after the run-wide settings
 
     spec = METHODS.get(method)
     prefix = f"{method}."
     own = {k[len(prefix) :]: v for k, v in method_keys.items() if k.startswith(prefix)}
-    for key in method_keys:  # settings of other methods (a grid's): type- and range-checked
+    for key, value in method_keys.items():
         name, _, rest = key.partition(".")
-        params = apply(METHODS.get(name).Params(), {rest: method_keys[key]}, prefix=f"{name}.")
+        if name not in METHODS or not rest:
+            raise ConfigError(
+                f"unknown setting {key!r}",
+                f"valid keys: {', '.join(valid_keys(RunConfig()))}, "
+                "or <method>.<field> for a method's hyperparameters (bmdbench list methods)",
+            )
+        params = apply(METHODS.get(name).Params(), {rest: value}, prefix=f"{name}.")
         check_fields(params, f"{name}.")
     hparams = apply(spec.Params(), own, prefix=prefix)
     check_fields(hparams, prefix)  # before following hparams.stage1

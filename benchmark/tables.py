@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bmdbench import store
-from bmdbench.errors import ConfigError, DataError
+from bmdbench.errors import BmdWarning, ConfigError, DataError
 from bmdbench.paper_tables import METHOD_TABLES, TABLES, PaperTable, TableCell, family, select
 from bmdbench.results import cell_runs, load_runs, raw_triplet_scale, table_stats
 from bmdbench.spec import RunSpec
@@ -550,6 +550,7 @@ def publish(
                 f"none of the {len(runs)} runs under {out / 'runs'} is in a cell of "
                 f"{paper_table.name}: give `bmdbench table` the --preset, --data (spelled as "
                 "the grid got it), --set and --backbones the grid ran with",
+                BmdWarning,
                 stacklevel=2,
             )
         data = build(paper_table, runs, signatures)

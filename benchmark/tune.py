@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,11 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from bmdbench import catalogue, store
+from bmdbench import store
 from bmdbench.config import Range, stable_hash
-from bmdbench.dispatch import open_storage, quiet_libraries, shown
+from bmdbench.dispatch import default_storage, open_storage, quiet_libraries, shown
 from bmdbench.errors import ConfigError, Pruned, RunFailed
+from bmdbench.options import check_positive
 from bmdbench.record import RunRecord
 from bmdbench.spec import RunSpec
 
@@ -42,21 +43,21 @@ PRUNER_WARMUP = 0.5  # fraction of its epochs a trial runs before the median pru
 
 
 def search_space(method: str, kind: str) -> dict[str, Range]:
-    """Dotted ``--set`` keys → ranges that ``kind`` searches for ``method`` (from the
-    methods' catalogue, so an impossible search is reported without torch)."""
+    """Dotted ``--set`` keys → ranges that ``kind`` searches for ``method`` (the method's
+    ``search_space`` and its stage's learning rate)."""
     if kind not in KINDS:
         raise ConfigError(f"unknown search {kind!r}", f"use one of: {', '.join(KINDS)}")
-    catalogue.check("method", method)
-    methods = catalogue.load("method").rows
-    row = methods[method]
-    space = {f"{method}.{name}": Range(**r) for name, r in row["search_space"].items()}
-    space[f"stage{row['stage']}.lr"] = LR
+    from bmdbench.methods import METHODS  # imports torch: an unknown kind is told without it
+
+    spec = METHODS.get(method)
+    space = {f"{method}.{name}": r for name, r in spec.search_space.items()}
+    space[f"stage{spec.stage}.lr"] = LR
     chosen = space if kind == "all" else {k: r for k, r in space.items() if r.kind == kind}
     if not chosen:
         has = [
             name
-            for name, other in methods.items()
-            if any(r["kind"] == kind for r in other["search_space"].values())
+            for name in METHODS
+            if any(r.kind == kind for r in METHODS.get(name).search_space.values())
         ]
         raise ConfigError(
             f"{method} has no {kind} hyperparameter to search",
@@ -115,6 +116,70 @@ def _epochs(search: Search) -> int:
     """Epochs of the stage the search trains (the method's own stage)."""
     cfg = search.spec.config
     return (cfg.stage1 if cfg.parent is None else cfg.stage2).epochs
+
+
+def run_tune(
+    kind: str,
+    base: RunSpec,
+    out: Path,
+    console: Console,
+    *,
+    method: str | None = None,
+    n_trials: int = 20,
+    timeout: float | None = None,
+    storage: str | None = None,
+    study: str | None = None,
+    equal_trials: int | None = None,
+    methods: Sequence[str] = (),
+    seeds: int = 3,
+) -> list[Path]:
+    """``bmdbench tune KIND``: add ``n_trials`` trials (or ``timeout`` seconds' worth) to the
+    study of ``method``'s ``kind`` search from ``base`` (its method replaced), print them and
+    the best one, and return the trials' tables; or, with ``equal_trials``, tune each of
+    ``methods`` with that many trials and compare them on test over ``seeds`` seeds
+    (:func:`equal_budget`), and return that table. Every option and every search's run is
+    checked before the first trial."""
+    if timeout is not None and not timeout > 0:
+        raise ConfigError(f"--timeout {timeout} is not a positive time", "give seconds > 0")
+    store.check_out(out, "runs", "studies", "tables")
+    if equal_trials is not None:
+        if equal_trials < 1 or not methods:
+            raise ConfigError(
+                "--equal-budget needs a positive trial count and --methods",
+                "e.g. bmdbench tune all --equal-budget 10 --methods pi_model,mean_teacher,proposed",
+            )
+        check_positive("--seeds", seeds)
+    elif methods:
+        raise ConfigError("--methods goes with --equal-budget", "use --method NAME for one search")
+    else:
+        check_positive("--n-trials", n_trials)
+    names = (
+        methods if equal_trials is not None else [method or DEFAULT_METHOD.get(kind, "proposed")]
+    )
+    searches = [_checked_search(kind, replace(base, method=name), out) for name in names]
+    url = storage or default_storage(out)
+    if equal_trials is not None:
+        return [equal_budget(kind, searches, equal_trials, seeds, url, out, console)]
+    (search,) = searches
+    opened = open_study(search, url, study or search.study_name())
+    console.print(
+        f"study [bold]{opened.study_name}[/] in {shown(url)}: {len(opened.trials)} trials so far; "
+        f"searching {', '.join(search_space(search.method, search.kind))}"
+    )
+    run_search(search, opened, n_trials, timeout, out, console)
+    summarise(opened, out, console)
+    return write_trials(opened, ("md", "latex", "csv"), out)
+
+
+def _checked_search(kind: str, spec: RunSpec, out: Path) -> Search:
+    """The search of ``kind`` from ``spec``, refused now if it has nothing to search or its
+    run could not start (:func:`bmdbench.runner.check`)."""
+    search = Search(kind, spec)
+    search_space(search.method, search.kind)
+    from bmdbench.runner import check  # torch: after an unknown search kind is told
+
+    check(search.spec.config, out)
+    return search
 
 
 def run_search(

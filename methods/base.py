@@ -23,10 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from bmdbench.catalogue import (
-    STAGE1 as STAGE1,  # the methods' stage1 fields' rule, here with the rest
-)
-from bmdbench.config import Range
+from bmdbench.config import Range, Valid
 from bmdbench.data.module import Batch
 from bmdbench.registry import Registry
 
@@ -86,6 +83,21 @@ CONSISTENCY_WEIGHT = Range("consistency", 0.1, 10.0, log=True)
 @dataclass(frozen=True)
 class NoParams:
     """This method has no hyperparameters."""
+
+
+def _stage1_names() -> list[str]:
+    return [name for name in METHODS if METHODS.get(name).stage == 1]
+
+
+STAGE1 = {
+    "valid": Valid(
+        lambda name: name in _stage1_names(),
+        lambda: f"a stage-1 method: {', '.join(_stage1_names())}",
+        "is not a stage-1 method",
+    )
+}
+"""Metadata of a stage-2 method's ``stage1`` field: the method whose checkpoint it starts from
+(asked of the registry when a value is checked, so plug-ins' stage-1 methods count too)."""
 
 
 class Method(nn.Module):

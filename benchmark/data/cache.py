@@ -31,7 +31,7 @@ import numpy as np
 
 from bmdbench.config import stable_hash
 from bmdbench.data.images import Roi, decode_bytes
-from bmdbench.errors import DataError
+from bmdbench.errors import BmdWarning, DataError
 
 CACHE_VERSION = 1
 """Bump when decoding changes, so old cache files are no longer used."""
@@ -188,5 +188,6 @@ def save_arrays(file: Path, arrays: dict[str, Any], what: str) -> None:
         warnings.warn(
             f"could not write the {what} {file} ({err}); it will be computed "
             "again next time — set BMDBENCH_CACHE to a writable folder",
+            BmdWarning,
             stacklevel=3,
         )

@@ -103,11 +103,7 @@ def load_manifest(
     image's content digest, target, patient, split and ROI, in order.
     """
     path = Path(path)
-    rows = read_manifest(path)
-    if unlabeled is not None:
-        extra = _unlabeled_rows(Path(unlabeled))
-        _check_overlap(rows, extra)
-        rows = pd.concat([rows, extra], ignore_index=True)
+    rows = read_sources(path, unlabeled)
     truth = rows["target"].to_numpy(dtype=np.float64)
     targets = np.where(rows["split"].to_numpy() == "unlabeled", np.nan, truth)
     if require_unlabeled and np.isfinite(targets).all():
@@ -118,6 +114,19 @@ def load_manifest(
             "(config key `unlabeled`)",
         )
     return _image_set(rows, targets, truth, image_size, cache_dir, str(path))
+
+
+def read_sources(path: str | Path, unlabeled: str | Path | None = None) -> pd.DataFrame:
+    """The rows of a manifest (:func:`read_manifest`) and of its extra ``unlabeled`` images
+    (:func:`_unlabeled_rows`), checked, none listed twice; no image is opened. A run reads
+    them first, before it imports the method registry (and so torch), so that a mistake in
+    a manifest is told at once."""
+    rows = read_manifest(path)
+    if unlabeled is None:
+        return rows
+    extra = _unlabeled_rows(Path(unlabeled))
+    _check_overlap(rows, extra)
+    return pd.concat([rows, extra], ignore_index=True)
 
 
 def _image_set(

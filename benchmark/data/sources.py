@@ -14,6 +14,27 @@ from bmdbench.errors import DataError
 _IMAGES: dict[str, ImageSet] = {}
 
 
+def check_sources(cfg: RunConfig) -> None:
+    """The errors of the run's data sources that show without opening an image: the rows
+    of its manifests (:func:`~bmdbench.data.manifest.read_sources`; read again when the
+    images are decoded, which costs milliseconds), or extra unlabeled images given beside
+    the synthetic data."""
+    from bmdbench.data.manifest import read_sources
+
+    if cfg.data == "synthetic":
+        _synthetic_alone(cfg)
+    else:
+        read_sources(cfg.data, cfg.unlabeled)
+
+
+def _synthetic_alone(cfg: RunConfig) -> None:
+    if cfg.unlabeled is not None:
+        raise DataError(
+            "--unlabeled goes with --data MANIFEST",
+            "the synthetic data has its own unlabeled images (synth.n_unlabeled)",
+        )
+
+
 def load_images(cfg: RunConfig) -> ImageSet:
     """The run's images, decoded once per process: one set per data source, unlabeled
     images, image size and synthetic-data settings."""
@@ -23,11 +44,7 @@ def load_images(cfg: RunConfig) -> ImageSet:
     key = stable_hash([cfg.data, cfg.unlabeled, cfg.image_size, to_dict(cfg)["synth"]])
     if key not in _IMAGES:
         if cfg.data == "synthetic":
-            if cfg.unlabeled is not None:
-                raise DataError(
-                    "--unlabeled goes with --data MANIFEST",
-                    "the synthetic data has its own unlabeled images (synth.n_unlabeled)",
-                )
+            _synthetic_alone(cfg)
             _IMAGES[key] = load_synthetic(cfg.synth, cfg.image_size)
         else:
             _IMAGES[key] = load_manifest(cfg.data, cfg.image_size, unlabeled=cfg.unlabeled)

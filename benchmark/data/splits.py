@@ -9,7 +9,8 @@ import numpy as np
 
 from bmdbench.config import SplitConfig, stable_hash
 from bmdbench.data.imageset import SPLITS, ImageSet
-from bmdbench.errors import DataError
+from bmdbench.errors import BmdWarning, DataError
+from bmdbench.messages import shortened
 
 
 @dataclass(frozen=True)
@@ -174,9 +175,6 @@ def _check_disjoint_patients(
             seen[patient] = name
 
 
-_NAMED = 3  # images a message names before "and N more"
-
-
 def _without_held_out(
     images: ImageSet, unlabeled: np.ndarray, val: np.ndarray, test: np.ndarray, allow: bool
 ) -> np.ndarray:
@@ -192,20 +190,21 @@ def _without_held_out(
     if not len(found):
         return unlabeled
     parts = {"val": val, "test": test}
-    named = "; ".join(_why(images, int(i), parts) for i in found[:_NAMED])
-    more = f"; and {len(found) - _NAMED} more" if len(found) > _NAMED else ""
+    listed = shortened([_why(images, int(i), parts) for i in found], "overlap")
     what = (
         f"{len(found)} image{'s' if len(found) > 1 else ''} of validation or test patients, "
         "or with the content of a validation or test image"
     )
     if not allow:
         raise DataError(
-            f"the unlabeled pool holds {what}: {named}{more}",
+            f"the unlabeled pool holds {what}: {listed}",
             "remove them from the unlabeled images, or pass --allow-overlap "
             "(split.allow_overlap=true) to drop them from the pool",
         )
     warnings.warn(
-        f"dropped from the unlabeled pool (--allow-overlap): {what}: {named}{more}", stacklevel=3
+        f"dropped from the unlabeled pool (--allow-overlap): {what}: {listed}",
+        BmdWarning,
+        stacklevel=3,
     )
     return unlabeled[~overlap]
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from bmdbench.data import cache
 from bmdbench.data.cache import decode_all, default_cache_dir
-from bmdbench.errors import DataError
+from bmdbench.errors import BmdWarning, DataError
 
 SIZE = 4
 
@@ -139,7 +139,7 @@ def test_damaged_cache_file_is_rebuilt(tmp_path: Path, spies: tuple[Spy, Spy]) -
 def test_unwritable_cache_warns_and_still_decodes(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache folder should be")
-    with pytest.warns(UserWarning, match="BMDBENCH_CACHE"):
+    with pytest.warns(BmdWarning, match="BMDBENCH_CACHE"):
         out, _ = decode_all(images(tmp_path, 1), [None], SIZE, blocker / "cache")
     assert (out == 10).all()
 

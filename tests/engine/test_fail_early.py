@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from bmdbench import cli, dispatch, store
-from bmdbench.errors import ConfigError
+from bmdbench.errors import BmdWarning, ConfigError
 from bmdbench.hooks import EpochLog
 
 SMOKE = ["--preset", "smoke", "--backbone", "tiny", "--device", "cpu"]
@@ -207,7 +207,7 @@ def test_test_patients_images_in_the_unlabeled_pool(bmdbench, tmp_path, manifest
         ["grid", "--methods", "pi_model", "--backbones", "tiny"],
         ["tune", "lr", "-m", "pi_model", "-b", "tiny"],
     ):
-        with pytest.warns(UserWarning, match="dropped from the unlabeled pool"):
+        with pytest.warns(BmdWarning, match="dropped from the unlabeled pool"):
             result = bmdbench(*command, *smoke, "--allow-overlap", "--storage", "notaurl")
         assert_clean_failure(result, 2, "cannot open storage 'notaurl'")
 
@@ -216,7 +216,7 @@ def test_allow_overlap_drops_them_and_the_run_goes_on(bmdbench, tmp_path, manife
     manifest = _overlapping_manifest(manifest_factory, tmp_path / "data")
     args = ["run", "-m", "pi_model", *SMOKE, "--data", manifest, "--out", tmp_path / "results"]
     dropped = r"dropped from the unlabeled pool \(--allow-overlap\): 1 image of .*later\.png"
-    with pytest.warns(UserWarning, match=dropped):
+    with pytest.warns(BmdWarning, match=dropped):
         result = bmdbench(*args, "--allow-overlap", "--quiet")
     assert result.status == 0, result.err
     run_dir = Path(result.out.strip().splitlines()[-1])

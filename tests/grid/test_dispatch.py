@@ -127,6 +127,32 @@ def test_a_storage_password_is_shown_nowhere(tmp_path, monkeypatch):
         assert env[STORAGE_ENV] == SECRET  # the worker reads it from its environment
 
 
+@pytest.mark.parametrize("given", ["--storage", "BMDBENCH_STORAGE"])
+def test_a_storage_password_is_not_in_what_the_command_line_prints(
+    tmp_path, monkeypatch, capsys, given
+):
+    from bmdbench import cli
+
+    monkeypatch.setenv("BMDBENCH_DEBUG", "")
+    monkeypatch.setitem(cli._state, "debug", False)
+    options = ["--preset", "smoke", "--device", "cpu", "--out", str(tmp_path)]
+    if given == "--storage":
+        options += ["--storage", SECRET]
+    else:
+        monkeypatch.setenv("BMDBENCH_STORAGE", SECRET)
+    for command in (
+        ["grid", "--methods", "baseline", "--backbones", "tiny"],
+        ["tune", "lr", "-m", "baseline", "-b", "tiny"],
+    ):
+        monkeypatch.setattr(sys, "argv", ["bmdbench", *command, *options])
+        with pytest.raises(SystemExit) as exited:  # nothing listens on port 1
+            cli.main()
+        out, err = capsys.readouterr()
+        assert exited.value.code == 2
+        assert "bench:***@127.0.0.1:1" in err
+        assert "s3cret" not in out + err
+
+
 def test_a_worker_takes_its_storage_from_the_environment(tmp_path):
     url = f"sqlite:///{tmp_path / 'q.db'}"
     queue(tmp_path).fill([])
