@@ -381,8 +381,8 @@ def tune(
     from bmdbench.dispatch import default_storage, shown
     from bmdbench.errors import ConfigError
     from bmdbench.tune import (
-        DEFAULT_METHOD,
         Search,
+        default_method,
         open_study,
         run_search,
         search_space,
@@ -426,7 +426,7 @@ def tune(
         raise ConfigError(
             f"--n-trials {n_trials} is not a positive count", "give --n-trials 1 or more"
         )
-    search = search_for(method or DEFAULT_METHOD.get(kind, "proposed"))
+    search = search_for(method or default_method(kind))
     url = storage or default_storage(out)
     opened = open_study(search, url, study or search.study_name())
     out_console.print(

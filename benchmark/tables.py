@@ -31,7 +31,7 @@ from rich.table import Table
 from bmdbench import store
 from bmdbench.errors import ConfigError, DataError
 from bmdbench.paper_tables import METHOD_TABLES, TABLES, PaperTable, TableCell, family, select
-from bmdbench.results import cell_runs, load_runs, raw_triplet_scale, table_stats
+from bmdbench.results import cell_runs, load_runs, table_stats
 from bmdbench.spec import RunSpec
 from bmdbench.statistics import ALPHA, MIN_SEEDS_TEST, N_RESAMPLES, POWER
 
@@ -115,21 +115,23 @@ def _unit(runs: pd.DataFrame) -> str:
 
 def _raw_scale(frame: pd.DataFrame, method: str) -> tuple[float, float, float]:
     """(σ, λ_raw, m_raw) of a cell, means over its runs; NaN λ/m unless its runs trained
-    a triplet term on z-scored targets (see :func:`bmdbench.results.raw_triplet_scale`)."""
+    a triplet term on z-scored targets (as the method converts it: ``Method.raw_scale``)."""
     if frame.empty or "target_sd" not in frame:
         return (np.nan, np.nan, np.nan)
     sd = float(frame["target_sd"].mean())
-    triplet = {"hp.weight", "hp.margin"} <= set(frame.columns)
-    if not triplet or not (frame["target_norm"] == "zscore").all():
+    if not (frame["target_norm"] == "zscore").all():
         return (sd, np.nan, np.nan)
-    from bmdbench.methods import METHODS
+    from bmdbench.methods import METHODS  # torch: only for a table of z-scored runs
 
-    adaptive = bool(getattr(METHODS.get(method), "adaptive", True))
+    convert = METHODS.get(method).raw_scale
     raw = [
-        raw_triplet_scale(w, m, s, adaptive)
-        for w, m, s in zip(frame["hp.weight"], frame["hp.margin"], frame["target_sd"], strict=True)
+        convert({str(k)[3:]: v for k, v in run.items() if str(k).startswith("hp.")}, sd_run)
+        for run, sd_run in zip(frame.to_dict("records"), frame["target_sd"], strict=True)
     ]
-    return (sd, float(np.mean([r[0] for r in raw])), float(np.mean([r[1] for r in raw])))
+    scaled = [r for r in raw if r is not None]
+    if len(scaled) < len(raw):
+        return (sd, np.nan, np.nan)
+    return (sd, float(np.mean([r[0] for r in scaled])), float(np.mean([r[1] for r in scaled])))
 
 
 def _cell_name(row: pd.Series, table: PaperTable) -> str:

@@ -1,10 +1,11 @@
 """Optuna searches over a method's hyperparameters (``bmdbench tune``).
 
 Each method declares its search space next to its Params dataclass
-(``Method.search_space``); the stage learning rate is searchable for every
-method. The objective is the validation Pearson R of a normal run (the test
-split is never looked at during a search); each epoch's validation R is
-reported so that the median pruner stops hopeless trials.
+(``Method.search_space``), and the kinds of its ranges are the searches this module
+knows (:func:`kinds`); the stage learning rate is searchable for every method. The
+objective is the validation Pearson R of a normal run (the test split is never looked at
+during a search); each epoch's validation R is reported so that the median pruner stops
+hopeless trials.
 """
 
 from __future__ import annotations
@@ -27,31 +28,46 @@ from bmdbench.errors import ConfigError, Pruned, RunFailed
 from bmdbench.record import RunRecord
 from bmdbench.spec import RunSpec
 
-KINDS = ("margin", "lambda", "consistency", "lr", "ema", "all")
-DEFAULT_METHOD = {
-    "margin": "atl",
-    "lambda": "atl",
-    "consistency": "proposed",
-    "lr": "proposed",
-    "ema": "mean_teacher",
-    "all": "proposed",
-}
 LR = Range("lr", 1e-6, 1e-3, log=True)  # the learning rate of the method's own stage
+ALL = "all"  # the search of every range of the method and its learning rate
 PRUNER_WARMUP = 0.5  # fraction of its epochs a trial runs before the median pruner may stop it
 # (early validation R is noise: under quick it stays near 0 for the first 3–4 epochs)
+
+
+def kinds() -> list[str]:
+    """The searches ``bmdbench tune KIND`` knows: each kind a method's range declares, in
+    the methods' order, then the learning rate and all (from the methods' catalogue)."""
+    rows = catalogue.load("method").rows.values()
+    declared = [r["kind"] for row in rows for r in row["search_space"].values()]
+    return list(dict.fromkeys([*declared, LR.kind, ALL]))
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in (known := kinds()):
+        raise ConfigError(f"unknown search {kind!r}", f"use one of: {', '.join(known)}")
+
+
+def default_method(kind: str) -> str:
+    """The method ``bmdbench tune KIND`` tunes without ``--method``: the first that declares
+    ``kind`` its default (``Method.tune_default``)."""
+    _check_kind(kind)
+    rows = catalogue.load("method").rows
+    claimed = [name for name, row in rows.items() if kind in row["tune_default"]]
+    if not claimed:
+        raise ConfigError(f"no method is the default of {kind} searches", "give --method NAME")
+    return claimed[0]
 
 
 def search_space(method: str, kind: str) -> dict[str, Range]:
     """Dotted ``--set`` keys → ranges that ``kind`` searches for ``method`` (from the
     methods' catalogue, so an impossible search is reported without torch)."""
-    if kind not in KINDS:
-        raise ConfigError(f"unknown search {kind!r}", f"use one of: {', '.join(KINDS)}")
+    _check_kind(kind)
     catalogue.check("method", method)
     methods = catalogue.load("method").rows
     row = methods[method]
     space = {f"{method}.{name}": Range(**r) for name, r in row["search_space"].items()}
     space[f"stage{row['stage']}.lr"] = LR
-    chosen = space if kind == "all" else {k: r for k, r in space.items() if r.kind == kind}
+    chosen = space if kind == ALL else {k: r for k, r in space.items() if r.kind == kind}
     if not chosen:
         has = [
             name

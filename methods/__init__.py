@@ -30,8 +30,8 @@ def check_name(name: str) -> None:
 
 def catalogue() -> Catalogue:
     """What ``bmdbench list methods`` shows of each method (stage, stage-1 parent, the first
-    line of its docstring, its hyperparameters' defaults) and its search ranges, as
-    :mod:`bmdbench.catalogue` keeps them."""
+    line of its docstring, its hyperparameters' defaults), its search ranges and the searches
+    it is the default of, as :mod:`bmdbench.catalogue` keeps them."""
     rows = {}
     for name in METHODS:
         method = METHODS.get(name)
@@ -43,6 +43,7 @@ def catalogue() -> Catalogue:
             "hyperparameters": flatten(asdict(params)),
             "checks": {f.name: _check(f) for f in fields(params)},
             "search_space": {key: asdict(r) for key, r in method.search_space.items()},
+            "tune_default": list(method.tune_default),
         }
     return Catalogue("method", rows)
 

@@ -33,6 +33,7 @@ def test_the_method_catalogue_lists_every_method_with_its_stage_parent_and_defau
         "hyperparameters": {},
         "checks": {},
         "search_space": {},
+        "tune_default": [],
     }
     assert rows["proposed"]["stage"] == 2 and rows["proposed"]["parent"] == "atl"
     assert rows["proposed"]["hyperparameters"] == {

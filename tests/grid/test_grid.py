@@ -46,11 +46,10 @@ def test_parents_come_first_once_without_other_methods_settings():
 def test_a_changed_preset_makes_new_cells(monkeypatch):
     # the queue knows cells by key: a preset edited between two `bmdbench grid` calls must
     # not leave the old runs counted as the new ones
-    from bmdbench.config import PRESETS
-
     cell = RunSpec("mean_teacher", "tiny", "smoke", device="cpu")
     before = cell.key
-    monkeypatch.setitem(PRESETS, "smoke", {**PRESETS["smoke"], "mean_teacher": {"ema_decay": 0.9}})
+    teacher = METHODS.get("mean_teacher")
+    monkeypatch.setattr(teacher, "presets", {**teacher.presets, "smoke": {"ema_decay": 0.9}})
     assert RunSpec("mean_teacher", "tiny", "smoke", device="cpu").key != before
     assert (
         RunSpec("mean_teacher", "tiny", "smoke", seed=0, device="cuda").key != before
