@@ -10,7 +10,7 @@ pseudo-label refreshes where a method refreshes; the seed count, how many seeds 
 stage-2 cell kept their stage-1 weights (``†`` when all did); the paper's values beside
 data of the paper's kind (BMD in g/cm²); Table 3 on z-scored targets adds the raw-scale λ
 and m. Statistics: :mod:`bmdbench.statistics`, over the table's Holm family
-(:func:`bmdbench.paper_tables.family`). The footer lines name the data (file name and
+(:func:`bmdbench.experiments.family`). The footer lines name the data (file name and
 fingerprint), preset, seeds, device and git sha, the statistics and family, the power, and
 the footnotes. The CSV is the tidy form: one row per cell with plain numbers, for scripts.
 """
@@ -30,7 +30,15 @@ from rich.table import Table
 
 from bmdbench import store
 from bmdbench.errors import ConfigError, DataError
-from bmdbench.paper_tables import METHOD_TABLES, TABLES, PaperTable, TableCell, family, select
+from bmdbench.experiments import (
+    METHOD_TABLES,
+    TABLES,
+    PaperTable,
+    TableCell,
+    cells_for,
+    family,
+    select,
+)
 from bmdbench.results import cell_runs, load_runs, table_stats
 from bmdbench.spec import RunSpec
 from bmdbench.statistics import ALPHA, MIN_SEEDS_TEST, N_RESAMPLES, POWER
@@ -55,7 +63,7 @@ def build(
     n_resamples: int = N_RESAMPLES,
 ) -> TableData:
     """Statistics for every cell of ``table``, computed over its whole Holm family
-    (:func:`bmdbench.paper_tables.family`); ``signatures`` names the runs of every cell of
+    (:func:`bmdbench.experiments.family`); ``signatures`` names the runs of every cell of
     that family."""
     name, cells = family(table)
     selected = [cell_runs(runs, [signatures[tc]]) for tc in cells]
@@ -529,11 +537,9 @@ def publish(
     console: Console,
 ) -> list[Path]:
     """``bmdbench table``: each paper table of ``names`` (table1..table4, all) from the runs
-    under ``out``, its cells named as ``bmdbench grid`` names them (:func:`bmdbench.grid.cells_for`
-    from ``base``, ``backbones`` and ``sets``), printed and written to ``out/tables`` in each
-    of ``formats``."""
-    from bmdbench.grid import cells_for
-
+    under ``out``, its cells named as ``bmdbench grid`` names them
+    (:func:`bmdbench.experiments.cells_for` from ``base``, ``backbones`` and ``sets``),
+    printed and written to ``out/tables`` in each of ``formats``."""
     if unknown := [f for f in formats if f not in FORMATS]:
         raise ConfigError(f"unknown format {unknown[0]!r}", f"use one of: {', '.join(FORMATS)}")
     runs = load_runs(out)

@@ -13,10 +13,9 @@ import time
 
 from bmdbench import store
 from bmdbench.config import to_dict
-from bmdbench.grid import custom_cells, table_cells, with_parents
+from bmdbench.experiments import TABLES, custom_cells, select, table_cells, with_parents
 from bmdbench.identity import signature
 from bmdbench.methods import METHODS
-from bmdbench.paper_tables import TABLES, select
 from bmdbench.spec import RunSpec
 
 BASE = RunSpec("", "", "smoke", device="cpu")
