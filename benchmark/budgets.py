@@ -27,9 +27,9 @@ from bmdbench.experiments import (
     control_of,
     methods_with_reference,
 )
-from bmdbench.results import cell_runs, load_runs, table_stats
+from bmdbench.results import cell_runs, load_runs
 from bmdbench.spec import RunSpec
-from bmdbench.statistics import N_RESAMPLES
+from bmdbench.statistics import N_RESAMPLES, table_stats
 
 
 def budget_stats(
@@ -43,7 +43,7 @@ def budget_stats(
     """One row per (budget, method) and the ceiling's: ``budget`` (the count, or
     :data:`~bmdbench.experiments.CEILING`), ``n_labeled`` (labeled training images the runs saw), ``method``,
     ``control`` (the method its ΔR vs control is against, "" for none), then
-    :data:`bmdbench.results.STAT_COLUMNS`; ΔR against the baseline and against the control
+    :data:`bmdbench.statistics.STAT_COLUMNS`; ΔR against the baseline and against the control
     of the same budget. The whole curve is one Holm family ("labels")."""
     order = methods_with_reference(methods, base)
     controls = {m: control_of(m, base) or "" for m in order}

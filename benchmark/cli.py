@@ -301,7 +301,8 @@ def table(
     and write OUT/tables/<table>.<ext>; 'labels' also writes OUT/figures/labels.{png,pdf}."""
     from bmdbench.config import parse_set
     from bmdbench.errors import ConfigError
-    from bmdbench.tables import FORMATS, publish, store_preset
+    from bmdbench.results import store_preset
+    from bmdbench.tables import FORMATS, publish
 
     formats = FORMATS if fmt is None else (fmt,)
     if fmt is not None and fmt not in FORMATS:

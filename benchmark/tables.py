@@ -39,9 +39,9 @@ from bmdbench.experiments import (
     family,
     select,
 )
-from bmdbench.results import cell_runs, load_runs, table_stats
+from bmdbench.results import cell_runs, load_runs
 from bmdbench.spec import RunSpec
-from bmdbench.statistics import ALPHA, MIN_SEEDS_TEST, N_RESAMPLES, POWER
+from bmdbench.statistics import ALPHA, MIN_SEEDS_TEST, N_RESAMPLES, POWER, table_stats
 
 FORMATS = ("md", "latex", "csv")
 PAPER_UNIT = "g/cm²"  # the paper's values are BMD: shown only beside targets in this unit
@@ -324,7 +324,7 @@ def _delta(row: pd.Series, kind: str, style: str) -> tuple[str, str, str]:
 def format_cells(tidy: pd.DataFrame, reference: str, style: str) -> pd.DataFrame:
     """The measured columns of each cell as strings (rows: ``tidy``'s cells, same order).
 
-    ``tidy`` has :data:`bmdbench.results.STAT_COLUMNS` and a ``control`` column (the label
+    ``tidy`` has :data:`bmdbench.statistics.STAT_COLUMNS` and a ``control`` column (the label
     of each cell's control, "" for none); ``reference`` names the cell every ΔR vs the
     baseline is against; ``style`` (md | latex | rich) sets bold and symbols.
     """
@@ -508,23 +508,6 @@ def _write_text(text: str, name: str, fmt: str, folder: Path) -> Path:
     path = folder / f"{name}.{EXTENSIONS[fmt]}"
     store.write_text(path, text)
     return path
-
-
-def store_preset(out: Path) -> str:
-    """The preset of the runs under ``out`` (``bmdbench table`` without ``--preset``); a
-    :class:`ConfigError` when the store has no run, or runs of several presets."""
-    presets = sorted({record.preset for record in store.iter_records(out)})
-    if not presets:
-        raise ConfigError(
-            f"no finished runs under {out / 'runs'}",
-            "run bmdbench grid (or run) with this --out first, or give the --out it used",
-        )
-    if len(presets) > 1:
-        raise ConfigError(
-            f"the runs under {out / 'runs'} are of several presets ({', '.join(presets)})",
-            f"give --preset, one of: {', '.join(presets)}",
-        )
-    return presets[0]
 
 
 def publish(

@@ -301,10 +301,11 @@ def compare_tuned(
     console: Console,
 ) -> pd.DataFrame:
     """Run each method with its tuned settings over ``seeds`` seeds (a grid) and compare them
-    on test as a paper table does (:func:`bmdbench.results.table_stats`): mean ± SD,
+    on test as a paper table does (:func:`bmdbench.statistics.table_stats`): mean ± SD,
     two-level CI, ΔR against the first method with Holm-adjusted p."""
     from bmdbench.grid import make_plan, print_plan, run_grid
-    from bmdbench.results import cell_runs, load_runs, table_stats
+    from bmdbench.results import cell_runs, load_runs
+    from bmdbench.statistics import table_stats
     from bmdbench.tables import format_cells
 
     cells = {

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from bmdbench.results import Predictions
 from bmdbench.statistics import (
     MIN_SEEDS_TEST,
-    Predictions,
     cell_stats,
     compare,
     estimate,

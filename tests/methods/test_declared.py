@@ -16,8 +16,8 @@ from bmdbench.config import Range
 from bmdbench.errors import ConfigError
 from bmdbench.methods import METHODS, Method
 from bmdbench.methods.supervised import TripletParams
-from bmdbench.results import KINDS
 from bmdbench.spec import resolve
+from bmdbench.statistics import KINDS
 from bmdbench.testing import check_method
 
 
