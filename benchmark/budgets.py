@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bmdbench import store
 from bmdbench.errors import DataError
 from bmdbench.experiments import (
     CEILING,
@@ -27,6 +26,7 @@ from bmdbench.experiments import (
     control_of,
     methods_with_reference,
 )
+from bmdbench.rendering import csv_table, data_name, format_cells, write_frame, write_text
 from bmdbench.results import cell_runs, load_runs
 from bmdbench.spec import RunSpec
 from bmdbench.statistics import N_RESAMPLES, table_stats
@@ -89,8 +89,6 @@ def publish(
 ) -> list[Path]:
     """``bmdbench table labels``: the table in each of ``formats`` (``out/tables/labels.*``;
     the CSV is the tidy form) and the figure (``out/figures/labels.{png,pdf}``)."""
-    from bmdbench.tables import data_name, format_cells, write_frame
-
     runs = load_runs(out)
     tidy = budget_stats(runs, methods, budgets, sets, base)
     if tidy["seeds"].sum() == 0:
@@ -123,9 +121,7 @@ def publish(
         write_frame(frame, title, footer, "labels", f, tables) for f in formats if f != "csv"
     ]
     if "csv" in formats:  # the tidy form, for scripts
-        path = tables / "labels.csv"
-        store.write_text(path, tidy.to_csv(index=False, float_format="%.6g") + f"# {footer}\n")
-        written.append(path)
+        written.append(write_text(csv_table(tidy, footer), "labels", "csv", tables))
     return written + plot_budgets(tidy, out / "figures", unit)
 
 

@@ -301,8 +301,9 @@ def table(
     and write OUT/tables/<table>.<ext>; 'labels' also writes OUT/figures/labels.{png,pdf}."""
     from bmdbench.config import parse_set
     from bmdbench.errors import ConfigError
+    from bmdbench.rendering import FORMATS
     from bmdbench.results import store_preset
-    from bmdbench.tables import FORMATS, publish
+    from bmdbench.tables import publish
 
     formats = FORMATS if fmt is None else (fmt,)
     if fmt is not None and fmt not in FORMATS:

@@ -26,7 +26,10 @@ from bmdbench.config import Range, stable_hash
 from bmdbench.dispatch import open_storage, quiet_libraries, shown
 from bmdbench.errors import ConfigError, Pruned, RunFailed
 from bmdbench.record import RunRecord
+from bmdbench.rendering import format_cells, markdown_table, write_frame
+from bmdbench.results import cell_runs, load_runs
 from bmdbench.spec import RunSpec
+from bmdbench.statistics import table_stats
 
 LR = Range("lr", 1e-6, 1e-3, log=True)  # the learning rate of the method's own stage
 ALL = "all"  # the search of every range of the method and its learning rate
@@ -304,9 +307,6 @@ def compare_tuned(
     on test as a paper table does (:func:`bmdbench.statistics.table_stats`): mean ± SD,
     two-level CI, ΔR against the first method with Holm-adjusted p."""
     from bmdbench.grid import make_plan, print_plan, run_grid
-    from bmdbench.results import cell_runs, load_runs
-    from bmdbench.statistics import table_stats
-    from bmdbench.tables import format_cells
 
     cells = {
         m: [base.spec.but(method=m, seed=s, settings=p) for s in range(seeds)]
@@ -347,8 +347,6 @@ def equal_budget(
     """``bmdbench tune KIND --equal-budget N``: tune each search's method with exactly
     ``n_trials`` trials, run each with its best values over ``seeds`` seeds and compare them
     on test (:func:`compare_tuned`); print the table and write it to ``out/tables``."""
-    from bmdbench.tables import markdown_table
-
     best = equal_budget_best(searches, n_trials, storage, out, console)
     frame = compare_tuned(best, searches[0], seeds, storage, out, console)
     title = f"Tuned with {n_trials} trials each ({kind}), compared on test over {seeds} seeds"
@@ -366,8 +364,6 @@ def equal_budget(
 
 def write_trials(study: optuna.Study, formats: Sequence[str], out: Path) -> list[Path]:
     """The study's trials (:func:`trials_frame`) as ``out/tables/<study>.<ext>``."""
-    from bmdbench.tables import write_frame
-
     title = f"Trials of study {study.study_name}"
     footer = f"Objective: validation Pearson R. Runs in {out / 'runs'}."
     frame = trials_frame(study)

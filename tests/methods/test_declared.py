@@ -90,7 +90,17 @@ def test_check_method_catches_a_preset_value_for_no_field():
 # Modules that know no method: configuration, searches, statistics, store loading and the
 # reports; a method's values live in its own file, which of them are in a table in
 # bmdbench.experiments.
-KNOW_NO_METHOD = ("config", "tune", "tables", "results", "statistics", "budgets", "plots", "grid")
+KNOW_NO_METHOD = (
+    "config",
+    "tune",
+    "tables",
+    "results",
+    "statistics",
+    "rendering",
+    "budgets",
+    "plots",
+    "grid",
+)
 
 
 @pytest.mark.parametrize("module", KNOW_NO_METHOD)
