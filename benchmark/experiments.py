@@ -213,7 +213,7 @@ def methods_with_reference(methods: Sequence[str], base: RunSpec) -> list[str]:
     """The methods, the baseline first (added when missing): it is every budget's reference;
     then, for each stage-2 method, the control of its stage-1 parent (its equal-compute
     supervised control, :mod:`bmdbench.methods.control`), each once."""
-    from bmdbench.methods.control import control_for
+    from bmdbench.methods.control import control_for  # torch: once a curve is resolved
 
     listed = [REFERENCE, *(m for m in methods if m != REFERENCE)]
     controls = []
@@ -227,7 +227,7 @@ def methods_with_reference(methods: Sequence[str], base: RunSpec) -> list[str]:
 
 def control_of(method: str, base: RunSpec) -> str | None:
     """The control a method of the curve is compared with (None for a stage-1 method)."""
-    from bmdbench.methods.control import control_for
+    from bmdbench.methods.control import control_for  # torch: once a curve is resolved
 
     parent = base.but(method=method).config.parent
     if parent is None or base.but(method=method).config.method == control_for(parent.method):

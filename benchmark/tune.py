@@ -23,8 +23,9 @@ from rich.table import Table
 
 from bmdbench import catalogue, store
 from bmdbench.config import Range, stable_hash
-from bmdbench.dispatch import open_storage, quiet_libraries, shown
+from bmdbench.dispatch import DB_NAME, default_storage, open_storage, quiet_libraries, shown
 from bmdbench.errors import ConfigError, Pruned, RunFailed
+from bmdbench.grid import make_plan, print_plan, run_grid
 from bmdbench.record import RunRecord
 from bmdbench.rendering import format_cells, markdown_table, write_frame
 from bmdbench.results import cell_runs, load_runs
@@ -306,8 +307,6 @@ def compare_tuned(
     """Run each method with its tuned settings over ``seeds`` seeds (a grid) and compare them
     on test as a paper table does (:func:`bmdbench.statistics.table_stats`): mean ± SD,
     two-level CI, ΔR against the first method with Holm-adjusted p."""
-    from bmdbench.grid import make_plan, print_plan, run_grid
-
     cells = {
         m: [base.spec.but(method=m, seed=s, settings=p) for s in range(seeds)]
         for m, p in best.items()
@@ -374,8 +373,6 @@ def export_study(
     name: str | None, storage: str | None, out: Path, formats: Sequence[str], console: Console
 ) -> list[Path]:
     """``bmdbench table tune --study NAME``: summarise a finished study and write its trials."""
-    from bmdbench.dispatch import DB_NAME, default_storage
-
     if storage is None and not (out / DB_NAME).exists():
         raise ConfigError(f"no studies under {out}", "give the --out of the tune run, or --storage")
     url = storage or default_storage(out)
