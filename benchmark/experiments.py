@@ -271,7 +271,7 @@ def cells_for(
     """The cells ``bmdbench grid`` (and ``bmdbench table``) names: a paper table's
     (``table``: table1..table4, all or sota; ``backbones`` at most one, replacing the paper's in
     Tables 2–4), a label-budget grid's (``table`` "labels": every method at every one of
-    ``budgets``, on one backbone, :mod:`bmdbench.budgets`) or a custom grid's (every method ×
+    ``budgets``, on one backbone, :func:`budget_cells`) or a custom grid's (every method ×
     backbone), each over seeds 0..seeds-1."""
     if seeds < 1:
         raise ConfigError(f"--seeds {seeds} is not a positive count", "give --seeds 1 or more")
