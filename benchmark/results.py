@@ -1,5 +1,5 @@
 """The results store read for reports: its runs as one DataFrame, a cell's runs, their test
-predictions, the preset they share.
+predictions, the preset they share, one run's figure data.
 
 Torch-free and statistics-free: what the store holds, as the records and prediction files
 say it (:mod:`bmdbench.store` reads and writes the files themselves);
@@ -8,6 +8,7 @@ say it (:mod:`bmdbench.store` reads and writes the files themselves);
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from bmdbench import store
 from bmdbench.errors import ConfigError, DataError
 from bmdbench.identity import signature
 from bmdbench.metrics import METRIC_KEYS
+from bmdbench.record import RunRecord
 
 
 def load_runs(out: str | Path) -> pd.DataFrame:
@@ -129,6 +131,30 @@ def read_predictions(runs: pd.DataFrame) -> Predictions:
             "keep one run per seed and configuration under --out",
         )
     return predictions
+
+
+def read_run(run_dir: Path) -> tuple[RunRecord, pd.DataFrame, list[dict]]:
+    """The record, test predictions and epoch log of one finished run (a figure's data),
+    checked: a run without them is a :class:`DataError`."""
+    record = store.read_record(run_dir)
+    if record is None or not record.ok:
+        raise DataError(
+            f"{run_dir} is not a finished run (no record.json with status ok)",
+            "give the directory of a finished run, as printed by bmdbench run",
+        )
+    fix = "plot another run, or run this one again (its files are incomplete)"
+    try:
+        test = pd.read_csv(run_dir / "predictions_test.csv")
+        lines = (run_dir / "epochs.jsonl").read_text().splitlines()
+        epochs = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError) as exc:  # missing, unreadable or not CSV / JSON lines
+        what = f"cannot read the predictions and epoch log of {run_dir} ({exc})"
+        raise DataError(what, fix) from None
+    if not {"target", "prediction"} <= set(test.columns) or len(test) < 2:
+        raise DataError(f"{run_dir / 'predictions_test.csv'} holds no test predictions", fix)
+    if not epochs or not all({"epoch", "loss_loss", "val_pearson_r"} <= set(e) for e in epochs):
+        raise DataError(f"{run_dir / 'epochs.jsonl'} holds no epochs to plot", fix)
+    return record, test, epochs
 
 
 def store_preset(out: Path) -> str:
