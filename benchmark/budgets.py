@@ -1,14 +1,12 @@
-"""Label-budget curves (Oliver et al., 2018): each method at several numbers of labels.
+"""The report of a label-budget curve (Oliver et al., 2018): each method at several numbers
+of labels.
 
 ``bmdbench grid labels --methods ... --n-labeled 50,100,200 --seeds 3`` runs every method at
 every budget (``split.train``) over the seeds, and one fully supervised ceiling: the baseline
-with every labeled training image. What a budget leaves out of the labeled training images
-becomes unlabeled images (:mod:`bmdbench.data.splits`); the validation and test images are
-the same at every budget (they depend on ``split.seed`` only), and each budget has its own
-stage-1 parents (the budget is part of their identity). ``bmdbench table labels`` with the
-same options writes the table (budgets × methods: R and RMSE mean ± SD over seeds, R's CI,
-ΔR against the baseline at the same budget, Holm-adjusted within that budget) and the
-figure (R and RMSE against the number of labels, log scale, one line per method, 95 % CI
+with every labeled training image (the cells: :func:`bmdbench.experiments.budget_cells`).
+``bmdbench table labels`` with the same options writes the table (budgets × methods: R and
+RMSE mean ± SD over seeds, R's CI, ΔR against the baseline at the same budget,
+Holm-adjusted within that budget) and the figure (R and RMSE against the number of labels, log scale, one line per method, 95 % CI
 bands, the ceiling as a dashed line).
 """
 
@@ -20,79 +18,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bmdbench import store
-from bmdbench.errors import ConfigError, DataError
-from bmdbench.results import cell_runs, load_runs, table_stats
+from bmdbench.errors import DataError
+from bmdbench.experiments import (
+    CEILING,
+    REFERENCE,
+    budget_cells,
+    control_of,
+    methods_with_reference,
+)
+from bmdbench.rendering import csv_table, data_name, format_cells, write_frame, write_text
+from bmdbench.results import cell_runs, load_runs
 from bmdbench.spec import RunSpec
-from bmdbench.statistics import N_RESAMPLES
-
-REFERENCE = "baseline"  # every budget's methods are compared with the baseline at that budget
-CEILING = "all"  # the budget label of the fully supervised ceiling
-
-
-def parse_budgets(text: str | None) -> list[float]:
-    """``"50,100,200"`` → ``[50.0, 100.0, 200.0]``: counts (≥ 1) or fractions (< 1), each once."""
-    try:
-        budgets = [float(v) for v in (text or "").split(",") if v.strip()]
-    except ValueError:
-        raise ConfigError(
-            f"--n-labeled {text!r} is not a list of numbers", "give e.g. --n-labeled 50,100,200"
-        ) from None
-    if not budgets or len(set(budgets)) != len(budgets) or min(budgets) <= 0:
-        raise ConfigError(
-            f"--n-labeled {text!r} needs distinct positive budgets",
-            "give e.g. --n-labeled 50,100,200",
-        )
-    return sorted(budgets)
-
-
-def methods_with_reference(methods: Sequence[str], base: RunSpec) -> list[str]:
-    """The methods, the baseline first (added when missing): it is every budget's reference;
-    then, for each stage-2 method, the control of its stage-1 parent (its equal-compute
-    supervised control, :mod:`bmdbench.methods.control`), each once."""
-    from bmdbench.methods.control import control_for
-
-    listed = [REFERENCE, *(m for m in methods if m != REFERENCE)]
-    controls = []
-    for method in listed:
-        parent = base.but(method=method).config.parent
-        control = control_for(parent.method) if parent is not None else None
-        if control is not None and control not in listed and control not in controls:
-            controls.append(control)
-    return [*listed, *controls]
-
-
-def control_of(method: str, base: RunSpec) -> str | None:
-    """The control a method of the curve is compared with (None for a stage-1 method)."""
-    from bmdbench.methods.control import control_for
-
-    parent = base.but(method=method).config.parent
-    if parent is None or base.but(method=method).config.method == control_for(parent.method):
-        return None
-    return control_for(parent.method)
-
-
-def budget_cells(
-    methods: Sequence[str],
-    budgets: Sequence[float],
-    seeds: int,
-    sets: dict[str, str],
-    base: RunSpec,
-) -> list[RunSpec]:
-    """Every method × budget × seed (the baseline included), then the ceiling's seeds
-    (``seeds`` checked by :func:`bmdbench.grid.cells_for`, which calls this)."""
-    if "split.train" in sets:
-        raise ConfigError(
-            "--set split.train is the budget a label-budget grid varies",
-            "give the budgets with --n-labeled 50,100,200",
-        )
-    cells = [
-        base.but(method=m, seed=s, settings={**sets, "split.train": b})
-        for b in budgets
-        for m in methods_with_reference(methods, base)
-        for s in range(seeds)
-    ]
-    return cells + [base.but(method=REFERENCE, seed=s, settings=sets) for s in range(seeds)]
+from bmdbench.statistics import N_RESAMPLES, table_stats
 
 
 def budget_stats(
@@ -104,9 +41,9 @@ def budget_stats(
     n_resamples: int = N_RESAMPLES,
 ) -> pd.DataFrame:
     """One row per (budget, method) and the ceiling's: ``budget`` (the count, or
-    :data:`CEILING`), ``n_labeled`` (labeled training images the runs saw), ``method``,
+    :data:`~bmdbench.experiments.CEILING`), ``n_labeled`` (labeled training images the runs saw), ``method``,
     ``control`` (the method its ΔR vs control is against, "" for none), then
-    :data:`bmdbench.results.STAT_COLUMNS`; ΔR against the baseline and against the control
+    :data:`bmdbench.statistics.STAT_COLUMNS`; ΔR against the baseline and against the control
     of the same budget. The whole curve is one Holm family ("labels")."""
     order = methods_with_reference(methods, base)
     controls = {m: control_of(m, base) or "" for m in order}
@@ -152,8 +89,6 @@ def publish(
 ) -> list[Path]:
     """``bmdbench table labels``: the table in each of ``formats`` (``out/tables/labels.*``;
     the CSV is the tidy form) and the figure (``out/figures/labels.{png,pdf}``)."""
-    from bmdbench.tables import data_name, format_cells, write_frame
-
     runs = load_runs(out)
     tidy = budget_stats(runs, methods, budgets, sets, base)
     if tidy["seeds"].sum() == 0:
@@ -186,9 +121,7 @@ def publish(
         write_frame(frame, title, footer, "labels", f, tables) for f in formats if f != "csv"
     ]
     if "csv" in formats:  # the tidy form, for scripts
-        path = tables / "labels.csv"
-        store.write_text(path, tidy.to_csv(index=False, float_format="%.6g") + f"# {footer}\n")
-        written.append(path)
+        written.append(write_text(csv_table(tidy, footer), "labels", "csv", tables))
     return written + plot_budgets(tidy, out / "figures", unit)
 
 

@@ -217,9 +217,9 @@ def grid(
     allow_overlap: AllowOverlap = False,
 ) -> None:
     """Run the cells of a paper table (or a custom grid); resumes where it stopped."""
-    from bmdbench.budgets import parse_budgets
     from bmdbench.dispatch import default_storage, open_storage
-    from bmdbench.grid import cells_for, make_plan, print_plan, run_grid
+    from bmdbench.experiments import cells_for, parse_budgets
+    from bmdbench.grid import make_plan, print_plan, run_grid
     from bmdbench.options import check_positive, settings
 
     check_positive("--workers", workers)
@@ -293,7 +293,9 @@ def table(
     and write OUT/tables/<table>.<ext>; 'labels' also writes OUT/figures/labels.{png,pdf}."""
     from bmdbench.config import parse_set
     from bmdbench.errors import ConfigError
-    from bmdbench.tables import FORMATS, publish, store_preset
+    from bmdbench.rendering import FORMATS
+    from bmdbench.results import store_preset
+    from bmdbench.tables import publish
 
     formats = FORMATS if fmt is None else (fmt,)
     if fmt is not None and fmt not in FORMATS:
@@ -304,9 +306,9 @@ def table(
         err_console.print(f"preset {preset}: the preset of the runs under {out / 'runs'}")
     if name == "labels":
         from bmdbench import budgets
-        from bmdbench.grid import cells_for
+        from bmdbench.experiments import cells_for, parse_budgets
 
-        chosen = budgets.parse_budgets(n_labeled)
+        chosen = parse_budgets(n_labeled)
         sets = parse_set(set_ or [])
         base = _base(preset, data, unlabeled, "auto")
         cells = cells_for("labels", _names(methods), _names(backbones), 1, sets, base, chosen)

@@ -3,9 +3,12 @@
 Precedence, lowest first: dataclass defaults < preset < config file < ``--set``.
 Keys are dotted paths into :class:`RunConfig` (``seed``, ``stage1.epochs``,
 ``augment.rotation_deg``, ``split.val``) or ``<method>.<field>`` for a method's
-hyperparameters (``atl.margin``, ``proposed.consistency_weight``). An unknown key
-or a value of the wrong type is a :class:`~bmdbench.errors.ConfigError` that
-lists the valid keys.
+hyperparameters. An unknown key or a value of the wrong type is a
+:class:`~bmdbench.errors.ConfigError` that lists the valid keys.
+
+A preset here sets run-wide values only; what a preset gives a method's hyperparameters
+the method declares itself (``Method.presets``), and :func:`bmdbench.spec.resolve`
+applies it with the rest of the method's part.
 
 Every setting declares the values it accepts next to its field
 (``field(default=..., metadata=above(0))``, see :class:`Valid`). This is the bottom
@@ -50,7 +53,9 @@ class Valid:
 class Range:
     """A hyperparameter's search range for ``bmdbench tune`` (a method's ``search_space``)."""
 
-    kind: str  # what `bmdbench tune KIND` searches it under: margin | lambda | consistency | ema
+    # the search (`bmdbench tune KIND`) that covers it: margin, lambda, ...; a new kind is a
+    # new search
+    kind: str
     low: float
     high: float
     log: bool = False  # sample on a log scale
@@ -210,7 +215,7 @@ class RunConfig:
     config of the stage-1 run a stage-2 method fine-tunes from.
     """
 
-    method: str = "atl"  # registered method name
+    method: str = ""  # registered method name (set by `resolve`)
     backbone: str = "vgg11_bn_se"  # registered backbone name or any timm model name
     preset: str = "quick"  # the preset these values started from
     data: str = "synthetic"  # "synthetic" or a manifest CSV path
@@ -239,16 +244,6 @@ class RunConfig:
     parent: RunConfig | None = None  # stage-1 config for stage-2 methods (set by `resolve`)
 
 
-TRIPLET_METHODS = (
-    "triplet",
-    "atl",
-    "pseudo_label_atl",
-    "proposed",
-    "proposed_no_consistency",
-    "control_atl",
-)
-"""The methods whose loss has a triplet term weighted by ``<method>.weight`` (λ)."""
-
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {
         "image_size": 512,
@@ -274,16 +269,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "split": {"val": 90, "test": 250},
         "stage1": {"epochs": 20, "lr": 3e-4, "schedule": "cosine", "weight_decay": 0.0},
         "stage2": {"epochs": 4, "lr": 2.67e-4, "schedule": "cosine", "warmup": 0.1},
-        # the teacher's horizon, 1/(1 − decay) steps, the same share of stage 2 as the
-        # paper's (5 of 276 steps; 1000 of 54,200): with 0.999 or 0.99 the evaluated teacher
-        # still holds the weights of stage 2's hot start when its rate has annealed. The
-        # ramp-up decay keeps its place below the later one (paper 0.99 < 0.999; its share,
-        # 100 of 54,200 steps, is half a step here: 0.5 is a two-step horizon)
-        "mean_teacher": {"ema_decay": 0.8, "ema_decay_rampup": 0.5},
-        # λ of every triplet term, chosen by measurement (README, "The quick preset"): in
-        # stage 1's 140 steps the paper's 0.5 collapses the embedding (validation R 0.22–0.26
-        # on 3 seeds, 0.41 at 0.15); 0.05 leaves it near the baseline's (0.68–0.70)
-        **{name: {"weight": 0.05} for name in TRIPLET_METHODS},
+        # the methods' own values under quick: declared by each method (Method.presets)
     },
     "smoke": {
         "image_size": 32,
@@ -328,12 +314,11 @@ def run_settings(
     settings, every range and rule between them checked.
 
     Returns that config (its ``hparams`` and ``parent`` not yet set) and the overrides left
-    for the methods (keys that do not start with a run-wide setting: ``atl.margin``).
+    for the methods (keys that do not start with a run-wide setting: ``<method>.<field>``).
     ``top`` sets top-level fields given by their own CLI options (data, seed, device, ...).
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}", f"use one of: {', '.join(PRESETS)}")
-    # a preset may set methods' hyperparameters too ("mean_teacher.ema_decay")
     overrides = {**flatten(PRESETS[preset]), **dict(overrides or {})}
     run_wide = {k.split(".", 1)[0] for k in valid_keys(RunConfig())}
     run_keys = {k: v for k, v in overrides.items() if k.split(".", 1)[0] in run_wide}
@@ -402,7 +387,7 @@ def parse_set(items: Sequence[str]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(
-                f"--set {item!r} is not key=value", "write it as --set atl.margin=0.3"
+                f"--set {item!r} is not key=value", "write it as --set stage1.lr=0.001"
             )
         out[key.strip()] = value.strip()
     return out

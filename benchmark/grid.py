@@ -1,4 +1,5 @@
-"""Comparison grids: cells (method × backbone × seed), their plan, and the workers that run them.
+"""Running a grid of cells (:mod:`bmdbench.experiments` names them): their plan, their queue
+and the workers that run them.
 
 A grid is an Optuna study used as a queue (:mod:`bmdbench.dispatch`); its name
 is a hash of its cells and its output folder, so the same command finds the same
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,118 +26,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from bmdbench import store
 from bmdbench.config import stable_hash
 from bmdbench.dispatch import IDLE_S, STORAGE_ENV, CellQueue, Counts
-from bmdbench.errors import BmdError, ConfigError, RunFailed
-from bmdbench.options import check_positive
-from bmdbench.paper_tables import PAPER_BACKBONE, PaperTable, select
-from bmdbench.spec import RunSpec, check_names
-
-
-def cells_for(
-    table: str | None,
-    methods: Sequence[str],
-    backbones: Sequence[str],
-    seeds: int,
-    sets: dict[str, str],
-    base: RunSpec,
-    budgets: Sequence[float] = (),
-) -> list[RunSpec]:
-    """The cells ``bmdbench grid`` (and ``bmdbench table``) names: a paper table's
-    (``table``: table1..table4, all or sota; ``backbones`` at most one, replacing the paper's in
-    Tables 2–4), a label-budget grid's (``table`` "labels": every method at every one of
-    ``budgets``, on one backbone, :mod:`bmdbench.budgets`) or a custom grid's (every method ×
-    backbone), each over seeds 0..seeds-1."""
-    check_positive("--seeds", seeds)
-    check_names(methods, backbones)  # every name before any cell is resolved
-    if table == "labels":
-        from bmdbench.budgets import budget_cells
-
-        if not methods or not budgets or len(backbones) > 1:
-            raise ConfigError(
-                "a label-budget grid needs --methods, --n-labeled and at most one --backbones",
-                "e.g. bmdbench grid labels --methods baseline,mean_teacher "
-                "--n-labeled 50,100,200 --seeds 3",
-            )
-        backbone = backbones[0] if backbones else PAPER_BACKBONE
-        return budget_cells(methods, budgets, seeds, sets, replace(base, backbone=backbone))
-    if budgets:
-        raise ConfigError(
-            "--n-labeled with a list of budgets goes with the label-budget grid",
-            "run bmdbench grid labels --methods ... --n-labeled 50,100,200, "
-            "or set one budget with --set split.train=N",
-        )
-    if table is not None:
-        if methods:
-            raise ConfigError(
-                "a paper table and --methods were both given",
-                "give either TABLE (table1..table4, all) or --methods/--backbones",
-            )
-        if len(backbones) > 1:
-            raise ConfigError(
-                "a paper table takes at most one --backbones name",
-                "give one backbone to replace vgg11_bn_se in Tables 2–4",
-            )
-        return table_cells(select(table), seeds, sets, base, backbones[0] if backbones else None)
-    if not methods or not backbones:
-        raise ConfigError(
-            "a custom grid needs --methods and --backbones",
-            "e.g. bmdbench grid --methods baseline,atl --backbones vgg11_bn --seeds 3, "
-            "or name a paper table: bmdbench grid table2",
-        )
-    return custom_cells(methods, backbones, seeds, sets, base)
-
-
-def custom_cells(
-    methods: Sequence[str],
-    backbones: Sequence[str],
-    seeds: int,
-    sets: dict[str, str],
-    base: RunSpec,
-) -> list[RunSpec]:
-    """Every method × backbone × seed, with the same ``sets``."""
-    return [
-        base.but(method=m, backbone=b, seed=s, settings=sets)
-        for m in methods
-        for b in backbones
-        for s in range(seeds)
-    ]
-
-
-def table_cells(
-    tables: Sequence[PaperTable],
-    seeds: int,
-    sets: dict[str, str],
-    base: RunSpec,
-    backbone: str | None,
-) -> list[RunSpec]:
-    """The cells of the paper's tables; ``backbone`` replaces the paper's in Tables 2–4."""
-    cells = []
-    for table in tables:
-        for tc in table.cells:
-            for seed in range(seeds):
-                chosen = tc.backbone or backbone or PAPER_BACKBONE
-                cells.append(
-                    base.but(
-                        method=tc.method,
-                        backbone=chosen,
-                        seed=seed,
-                        settings={**sets, **dict(tc.sets)},
-                    )
-                )
-    return cells
-
-
-def with_parents(cells: Sequence[RunSpec]) -> list[RunSpec]:
-    """The cells plus their stage-1 parents, stage-1 cells first, each once, order kept."""
-    stage1: dict[str, RunSpec] = {}
-    stage2: dict[str, RunSpec] = {}
-    for cell in cells:
-        parent = cell.parent()
-        if parent is None:
-            stage1.setdefault(cell.key, cell)
-        else:
-            stage1.setdefault(parent.key, parent)
-            stage2.setdefault(cell.key, cell)
-    return [*stage1.values(), *stage2.values()]
+from bmdbench.errors import BmdError, RunFailed
+from bmdbench.experiments import with_parents
+from bmdbench.spec import RunSpec
 
 
 @dataclass(frozen=True)

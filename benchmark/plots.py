@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
@@ -14,9 +13,8 @@ import numpy as np
 import pandas as pd
 
 from bmdbench import store
-from bmdbench.errors import DataError
 from bmdbench.metrics import regression_metrics
-from bmdbench.record import RunRecord
+from bmdbench.results import read_run
 
 
 def plot_run(run_dir: Path, out: Path) -> list[Path]:
@@ -26,7 +24,7 @@ def plot_run(run_dir: Path, out: Path) -> list[Path]:
     non-empty epoch log): a run that cannot be plotted is a :class:`DataError` and nothing
     is written; a write that fails removes the figures written so far (:class:`OutputError`).
     """
-    record, test, epochs = _read_run(run_dir)
+    record, test, epochs = read_run(run_dir)
     unit = record.data.unit
     title = f"{record.method} · {record.backbone} · {record.preset} · seed {record.seed}"
     written: list[Path] = []
@@ -52,29 +50,6 @@ def plot_run(run_dir: Path, out: Path) -> list[Path]:
             path.unlink(missing_ok=True)
         raise store.write_failed(exc, written[-1] if written else out) from exc
     return written
-
-
-def _read_run(run_dir: Path) -> tuple[RunRecord, pd.DataFrame, list[dict]]:
-    """The record, test predictions and epoch log of a finished run, checked for plotting."""
-    record = store.read_record(run_dir)
-    if record is None or not record.ok:
-        raise DataError(
-            f"{run_dir} is not a finished run (no record.json with status ok)",
-            "give the directory of a finished run, as printed by bmdbench run",
-        )
-    fix = "plot another run, or run this one again (its files are incomplete)"
-    try:
-        test = pd.read_csv(run_dir / "predictions_test.csv")
-        lines = (run_dir / "epochs.jsonl").read_text().splitlines()
-        epochs = [json.loads(line) for line in lines if line.strip()]
-    except (OSError, ValueError) as exc:  # missing, unreadable or not CSV / JSON lines
-        what = f"cannot read the predictions and epoch log of {run_dir} ({exc})"
-        raise DataError(what, fix) from None
-    if not {"target", "prediction"} <= set(test.columns) or len(test) < 2:
-        raise DataError(f"{run_dir / 'predictions_test.csv'} holds no test predictions", fix)
-    if not epochs or not all({"epoch", "loss_loss", "val_pearson_r"} <= set(e) for e in epochs):
-        raise DataError(f"{run_dir / 'epochs.jsonl'} holds no epochs to plot", fix)
-    return record, test, epochs
 
 
 def _scatter(ax: plt.Axes, test: pd.DataFrame, epochs: list[dict], unit: str) -> None:

@@ -1,16 +1,16 @@
-"""The results store as a DataFrame, and the statistics of a table's cells.
+"""The results store read for reports: its runs as one DataFrame, a cell's runs, their test
+predictions, the preset they share, one run's figure data.
 
-A table's cells are compared with up to two references each (:func:`table_stats`): its
-control (the equal-compute supervised control of its stage-1 parent: the gain from
-unlabeled data) and the table's baseline. The inference is :mod:`bmdbench.statistics`;
-the Holm adjustment runs over a whole family of comparisons (:func:`adjust`), which a
-table may share with others.
+Torch-free and statistics-free: what the store holds, as the records and prediction files
+say it (:mod:`bmdbench.store` reads and writes the files themselves);
+:mod:`bmdbench.statistics` computes on it.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +18,10 @@ import numpy as np
 import pandas as pd
 
 from bmdbench import store
-from bmdbench.config import stable_hash
-from bmdbench.errors import DataError
+from bmdbench.errors import ConfigError, DataError
 from bmdbench.identity import signature
 from bmdbench.metrics import METRIC_KEYS
-from bmdbench.statistics import (
-    N_RESAMPLES,
-    Predictions,
-    cell_stats,
-    compare,
-    holm,
-    patient_weights,
-)
-
-KINDS = ("control", "base")  # the references a cell is compared with: its control, the baseline
+from bmdbench.record import RunRecord
 
 
 def load_runs(out: str | Path) -> pd.DataFrame:
@@ -94,6 +84,22 @@ def cell_runs(runs: pd.DataFrame, signatures: Sequence[str]) -> pd.DataFrame:
     return runs[runs["cell"].isin(list(signatures)) & (runs["status"] == "ok")].sort_values("seed")
 
 
+@dataclass(frozen=True)
+class Predictions:
+    """Test predictions of one cell's runs on the same images (sorted by image id)."""
+
+    ids: np.ndarray  # (n,) image ids
+    patients: np.ndarray  # (n,) patient id of each image (resampled together)
+    target: np.ndarray  # (n,)
+    pred: np.ndarray  # (seeds, n)
+    seeds: tuple[int, ...]
+    splits: tuple[str, ...] = ()  # split fingerprint per seed (empty: one shared split)
+
+    def draws(self) -> list[tuple[int, str]]:
+        """What pairs a run with another cell's: its seed and its split draw."""
+        return [(s, self.splits[i] if self.splits else "") for i, s in enumerate(self.seeds)]
+
+
 def read_predictions(runs: pd.DataFrame) -> Predictions:
     """The test predictions of ``runs`` (rows of :func:`load_runs`), aligned by sorted image id.
 
@@ -127,141 +133,42 @@ def read_predictions(runs: pd.DataFrame) -> Predictions:
     return predictions
 
 
-STAT_COLUMNS = (
-    "seeds",  # ok runs in the cell
-    "r_mean",
-    "r_sd",
-    "r_ci_low",  # 95 %, two-level (seeds, then test patients): bmdbench.statistics
-    "r_ci_high",
-    "rmse_mean",
-    "rmse_sd",
-    "rmse_ci_low",
-    "rmse_ci_high",
-    "bias_mean",  # test Bland–Altman bias (mean prediction − target), mean over seeds
-    "refreshes",  # pseudo-label refreshes per run, mean over seeds (NaN: the method has none)
-    "stage2",  # the cell's runs fine-tune a stage-1 parent
-    "n_selected_stage1",  # of those, runs that selected their stage-1 weights (epoch 0)
-    *(
-        f"{kind}_{column}"
-        for kind in KINDS
-        for column in (
-            "paired",  # seeds paired with the reference's (by seed and split draw)
-            "delta",  # ΔR: mean over paired seeds of R(cell) − R(reference)
-            "ci_low",
-            "ci_high",
-            "p",  # two-sided t test on the two-level standard error, raw
-            "p_holm",  # Holm-adjusted over the family's comparisons of this kind
-            "sd",  # SD of the per-seed ΔR
-            "mde",  # minimum detectable |ΔR| (80 % power, α = 0.05) with these seeds
-            "seeds_needed",  # seeds to detect the observed ΔR so
+def read_run(run_dir: Path) -> tuple[RunRecord, pd.DataFrame, list[dict]]:
+    """The record, test predictions and epoch log of one finished run (a figure's data),
+    checked: a run without them is a :class:`DataError`."""
+    record = store.read_record(run_dir)
+    if record is None or not record.ok:
+        raise DataError(
+            f"{run_dir} is not a finished run (no record.json with status ok)",
+            "give the directory of a finished run, as printed by bmdbench run",
         )
-    ),
-)
+    fix = "plot another run, or run this one again (its files are incomplete)"
+    try:
+        test = pd.read_csv(run_dir / "predictions_test.csv")
+        lines = (run_dir / "epochs.jsonl").read_text().splitlines()
+        epochs = [json.loads(line) for line in lines if line.strip()]
+    except (OSError, ValueError) as exc:  # missing, unreadable or not CSV / JSON lines
+        what = f"cannot read the predictions and epoch log of {run_dir} ({exc})"
+        raise DataError(what, fix) from None
+    if not {"target", "prediction"} <= set(test.columns) or len(test) < 2:
+        raise DataError(f"{run_dir / 'predictions_test.csv'} holds no test predictions", fix)
+    if not epochs or not all({"epoch", "loss_loss", "val_pearson_r"} <= set(e) for e in epochs):
+        raise DataError(f"{run_dir / 'epochs.jsonl'} holds no epochs to plot", fix)
+    return record, test, epochs
 
 
-def table_stats(
-    scope: str,
-    frames: Sequence[pd.DataFrame],
-    references: Mapping[str, Sequence[int | None]],
-    n_resamples: int = N_RESAMPLES,
-) -> pd.DataFrame:
-    """The statistics of a family of cells: one row per frame of runs, :data:`STAT_COLUMNS`.
-
-    ``frames[i]``: the ok runs of cell i (rows of :func:`load_runs`; may be empty).
-    ``references[kind][i]``: the position of the cell that cell i is compared with for each
-    kind of :data:`KINDS` (None: no such comparison). The p-values of each kind are
-    Holm-adjusted over all of the family's comparisons of that kind. ``scope`` (the family's
-    name) and the test patients seed the random streams, so a family gives the same numbers
-    in every table that shows it. All runs must have been tested on the same images.
-    """
-    predictions = [read_predictions(f) if len(f) else None for f in frames]
-    present = [p for p in predictions if p is not None]
-    weights = np.ones((n_resamples, 0))
-    if present:
-        first = present[0]
-        if any(not np.array_equal(p.ids, first.ids) for p in present):
-            raise DataError(
-                f"the cells of {scope} were tested on different images",
-                "compare runs of one split only (use a fresh --out per dataset)",
-            )
-        weights = patient_weights(
-            first.patients, f"{scope}|{stable_hash(first.ids.tolist())}", n_resamples
+def store_preset(out: Path) -> str:
+    """The preset of the runs under ``out`` (``bmdbench table`` without ``--preset``); a
+    :class:`ConfigError` when the store has no run, or runs of several presets."""
+    presets = sorted({record.preset for record in store.iter_records(out)})
+    if not presets:
+        raise ConfigError(
+            f"no finished runs under {out / 'runs'}",
+            "run bmdbench grid (or run) with this --out first, or give the --out it used",
         )
-    rows = []
-    for i, (frame, cell) in enumerate(zip(frames, predictions, strict=True)):
-        row: dict[str, Any] = dict.fromkeys(STAT_COLUMNS, np.nan)
-        row.update(seeds=len(frame), **_run_summary(frame))
-        if cell is not None:
-            st = cell_stats(cell, weights)
-            for name, est in (("r", st.r), ("rmse", st.rmse)):
-                row.update(
-                    {
-                        f"{name}_mean": est.mean,
-                        f"{name}_sd": est.sd,
-                        f"{name}_ci_low": est.ci[0],
-                        f"{name}_ci_high": est.ci[1],
-                    }
-                )
-        for kind in KINDS:
-            j = references.get(kind, [None] * len(frames))[i]
-            if j is None or j == i or cell is None:
-                continue
-            reference = predictions[j]
-            cmp = compare(cell, reference, weights) if reference is not None else None
-            row[f"{kind}_paired"] = cmp.n if cmp is not None else 0
-            if cmp is not None:
-                row.update(
-                    {
-                        f"{kind}_delta": cmp.mean,
-                        f"{kind}_ci_low": cmp.ci[0],
-                        f"{kind}_ci_high": cmp.ci[1],
-                        f"{kind}_p": cmp.p,
-                        f"{kind}_sd": cmp.sd,
-                        f"{kind}_mde": cmp.mde,
-                        f"{kind}_seeds_needed": cmp.seeds_needed,
-                    }
-                )
-        rows.append(row)
-    tidy = pd.DataFrame(rows, columns=list(STAT_COLUMNS))
-    for kind in KINDS:
-        tested = tidy[f"{kind}_p"].notna()
-        tidy.loc[tested, f"{kind}_p_holm"] = holm(tidy.loc[tested, f"{kind}_p"])
-    return tidy.astype({"stage2": bool})
-
-
-def _run_summary(frame: pd.DataFrame) -> dict[str, Any]:
-    """What a cell's records say besides its predictions: whether it is stage 2, how many of
-    its runs selected their stage-1 weights, its mean test bias and pseudo-label refreshes."""
-    if frame.empty:
-        return {"stage2": False, "n_selected_stage1": 0}
-    stage2 = frame["parent_run"].notna()
-    refreshes = [c for c in frame.columns if c.endswith("_refreshes") and frame[c].notna().any()]
-    return {
-        "stage2": bool(stage2.any()),
-        "n_selected_stage1": int((stage2 & (frame["selected_epoch"] == 0)).sum()),
-        "bias_mean": float(frame["test_ba_bias"].mean()),
-        "refreshes": float(frame[refreshes].sum(axis=1).mean()) if refreshes else math.nan,
-    }
-
-
-def raw_triplet_scale(
-    weight: float, margin: float, target_sd: float, adaptive: bool
-) -> tuple[float, float]:
-    """The raw-target-scale (λ, m) equivalent to a triplet term trained on z-scored targets.
-
-    With z = (y − μ)/σ (σ the SD of the labeled training targets), the loss is
-    MSE_z + λ·T_z with T_z = mean[‖Fa−Fn‖² − ‖Fa−Ff‖² + α_z·m]₊ (methods/losses.py
-    ``triplet_loss``). Squared errors scale with σ²: MSE_z = MSE_raw/σ². The
-    adaptive α is a difference of squared target gaps, α_z = α_raw/σ², so
-    α_z·m = α_raw·(m/σ²): T_z is the raw-scale term with margin m_raw = m/σ² (the
-    embedding distances are unchanged). Hence
-
-        MSE_z + λ·T_z = (MSE_raw + λσ²·T_raw(m/σ²)) / σ²,
-
-    the raw-scale loss with λ_raw = λσ² and m_raw = m/σ², up to the overall
-    factor 1/σ² (a learning-rate scale, which Adam largely ignores). The plain
-    triplet loss has α = 1, no target units: its margin is unchanged, m_raw = m,
-    and still λ_raw = λσ². Returns (λ_raw, m_raw).
-    """
-    variance = target_sd**2
-    return weight * variance, margin / variance if adaptive else margin
+    if len(presets) > 1:
+        raise ConfigError(
+            f"the runs under {out / 'runs'} are of several presets ({', '.join(presets)})",
+            f"give --preset, one of: {', '.join(presets)}",
+        )
+    return presets[0]

@@ -168,9 +168,9 @@ def resolve(
 ) -> RunConfig:
     """Build the config of one run: defaults < preset < ``overrides`` (file, then ``--set``),
     then check it. The run-wide part comes first and needs no method
-    (:func:`bmdbench.config.run_settings`); then the method, every method's setting (key,
-    type and range) and its stage-1 parent, from the method registry; then the backbone's
-    name; then the rules between a method and the settings (:func:`validate`).
+    (:func:`bmdbench.config.run_settings`); then the method's hyperparameters, its stage-1
+    parent's (each above the values its class declares for the preset, ``Method.presets``),
+    and the rules between a method and the settings (:func:`validate`).
 
     ``top`` sets top-level fields given by their own CLI options (data, seed, device, ...).
     ``overrides`` maps dotted keys to values (strings are parsed to the field's type).
@@ -247,7 +247,7 @@ def _with_method(cfg: RunConfig, method: str, method_keys: Mapping[str, Any]) ->
             )
         params = apply(METHODS.get(name).Params(), {rest: value}, prefix=f"{name}.")
         check_fields(params, f"{name}.")
-    hparams = apply(spec.Params(), own, prefix=prefix)
+    hparams = apply(spec.Params(), {**spec.presets.get(cfg.preset, {}), **own}, prefix=prefix)
     check_fields(hparams, prefix)  # before following hparams.stage1
     parent = _with_method(cfg, hparams.stage1, method_keys) if spec.stage == 2 else None
     return replace(cfg, method=method, hparams=hparams, parent=parent)

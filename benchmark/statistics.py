@@ -29,6 +29,11 @@ it: ∞ when no number of seeds can).
 
 A family of comparisons is Holm–Bonferroni adjusted (:func:`holm`).
 
+A table's cells (:func:`table_stats`, from their runs in the store) are compared with up to
+two references each: its control (the equal-compute supervised control of its stage-1
+parent: the gain from unlabeled data) and the table's baseline; the Holm adjustment runs
+over a whole family of comparisons, which a table may share with others.
+
 Every random draw comes from a stream of its own, seeded by a stable hash of what it is
 for (:func:`stream`), so the same predictions give the same numbers whatever else is
 computed, and in whatever order.
@@ -37,14 +42,18 @@ computed, and in whatever order.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
 from scipy import optimize, stats
 
 from bmdbench.config import stable_hash
 from bmdbench.errors import DataError
+from bmdbench.results import Predictions, read_predictions
 
 N_RESAMPLES = 2000  # B, patient resamples of the second level
 CONFIDENCE = 0.95
@@ -53,22 +62,6 @@ POWER = 0.8
 MIN_SEEDS_TEST = 3  # paired seeds below which a comparison gets no p-value
 MAX_SEEDS = 10_000  # "seeds needed" above this is reported as ∞
 _CHUNK = 128  # resamples evaluated at once (bounds memory: chunk × seeds × images)
-
-
-@dataclass(frozen=True)
-class Predictions:
-    """Test predictions of one cell's runs on the same images (sorted by image id)."""
-
-    ids: np.ndarray  # (n,) image ids
-    patients: np.ndarray  # (n,) patient id of each image (resampled together)
-    target: np.ndarray  # (n,)
-    pred: np.ndarray  # (seeds, n)
-    seeds: tuple[int, ...]
-    splits: tuple[str, ...] = ()  # split fingerprint per seed (empty: one shared split)
-
-    def draws(self) -> list[tuple[int, str]]:
-        """What pairs a run with another cell's: its seed and its split draw."""
-        return [(s, self.splits[i] if self.splits else "") for i, s in enumerate(self.seeds)]
 
 
 # --- metrics, plain and weighted -------------------------------------------------------
@@ -326,3 +319,125 @@ def holm(p: npt.ArrayLike) -> np.ndarray:
         best = max(best, min(1.0, (m - rank) * values[i]))
         adjusted[i] = best
     return adjusted
+
+
+# --- a family of cells, from their runs ---------------------------------------------------
+
+KINDS = ("control", "base")  # the references a cell is compared with: its control, the baseline
+
+STAT_COLUMNS = (
+    "seeds",  # ok runs in the cell
+    "r_mean",
+    "r_sd",
+    "r_ci_low",  # 95 %, two-level (seeds, then test patients)
+    "r_ci_high",
+    "rmse_mean",
+    "rmse_sd",
+    "rmse_ci_low",
+    "rmse_ci_high",
+    "bias_mean",  # test Bland–Altman bias (mean prediction − target), mean over seeds
+    "refreshes",  # pseudo-label refreshes per run, mean over seeds (NaN: the method has none)
+    "stage2",  # the cell's runs fine-tune a stage-1 parent
+    "n_selected_stage1",  # of those, runs that selected their stage-1 weights (epoch 0)
+    *(
+        f"{kind}_{column}"
+        for kind in KINDS
+        for column in (
+            "paired",  # seeds paired with the reference's (by seed and split draw)
+            "delta",  # ΔR: mean over paired seeds of R(cell) − R(reference)
+            "ci_low",
+            "ci_high",
+            "p",  # two-sided t test on the two-level standard error, raw
+            "p_holm",  # Holm-adjusted over the family's comparisons of this kind
+            "sd",  # SD of the per-seed ΔR
+            "mde",  # minimum detectable |ΔR| (80 % power, α = 0.05) with these seeds
+            "seeds_needed",  # seeds to detect the observed ΔR so
+        )
+    ),
+)
+
+
+def table_stats(
+    scope: str,
+    frames: Sequence[pd.DataFrame],
+    references: Mapping[str, Sequence[int | None]],
+    n_resamples: int = N_RESAMPLES,
+) -> pd.DataFrame:
+    """The statistics of a family of cells: one row per frame of runs, :data:`STAT_COLUMNS`.
+
+    ``frames[i]``: the ok runs of cell i (rows of :func:`bmdbench.results.load_runs`; may be
+    empty).
+    ``references[kind][i]``: the position of the cell that cell i is compared with for each
+    kind of :data:`KINDS` (None: no such comparison). The p-values of each kind are
+    Holm-adjusted over all of the family's comparisons of that kind. ``scope`` (the family's
+    name) and the test patients seed the random streams, so a family gives the same numbers
+    in every table that shows it. All runs must have been tested on the same images.
+    """
+    predictions = [read_predictions(f) if len(f) else None for f in frames]
+    present = [p for p in predictions if p is not None]
+    weights = np.ones((n_resamples, 0))
+    if present:
+        first = present[0]
+        if any(not np.array_equal(p.ids, first.ids) for p in present):
+            raise DataError(
+                f"the cells of {scope} were tested on different images",
+                "compare runs of one split only (use a fresh --out per dataset)",
+            )
+        weights = patient_weights(
+            first.patients, f"{scope}|{stable_hash(first.ids.tolist())}", n_resamples
+        )
+    rows = []
+    for i, (frame, cell) in enumerate(zip(frames, predictions, strict=True)):
+        row: dict[str, Any] = dict.fromkeys(STAT_COLUMNS, np.nan)
+        row.update(seeds=len(frame), **_run_summary(frame))
+        if cell is not None:
+            st = cell_stats(cell, weights)
+            for name, est in (("r", st.r), ("rmse", st.rmse)):
+                row.update(
+                    {
+                        f"{name}_mean": est.mean,
+                        f"{name}_sd": est.sd,
+                        f"{name}_ci_low": est.ci[0],
+                        f"{name}_ci_high": est.ci[1],
+                    }
+                )
+        for kind in KINDS:
+            j = references.get(kind, [None] * len(frames))[i]
+            if j is None or j == i or cell is None:
+                continue
+            reference = predictions[j]
+            cmp = compare(cell, reference, weights) if reference is not None else None
+            row[f"{kind}_paired"] = cmp.n if cmp is not None else 0
+            if cmp is not None:
+                row.update(
+                    {
+                        f"{kind}_delta": cmp.mean,
+                        f"{kind}_ci_low": cmp.ci[0],
+                        f"{kind}_ci_high": cmp.ci[1],
+                        f"{kind}_p": cmp.p,
+                        f"{kind}_sd": cmp.sd,
+                        f"{kind}_mde": cmp.mde,
+                        f"{kind}_seeds_needed": cmp.seeds_needed,
+                    }
+                )
+        rows.append(row)
+    tidy = pd.DataFrame(rows, columns=list(STAT_COLUMNS))
+    for kind in KINDS:
+        tested = tidy[f"{kind}_p"].notna()
+        tidy.loc[tested, f"{kind}_p_holm"] = holm(tidy.loc[tested, f"{kind}_p"])
+    return tidy.astype({"stage2": bool})
+
+
+def _run_summary(frame: pd.DataFrame) -> dict[str, Any]:
+    """What a cell's records say besides its predictions: whether it is stage 2, how many of
+    its runs selected their stage-1 weights, its mean test bias and pseudo-label refreshes."""
+    if frame.empty:
+        return {"stage2": False, "n_selected_stage1": 0}
+    stage2 = frame["parent_run"].notna()
+    refreshes = [c for c in frame.columns if c.endswith("_refreshes") and frame[c].notna().any()]
+    return {
+        "stage2": bool(stage2.any()),
+        "n_selected_stage1": int((stage2 & (frame["selected_epoch"] == 0)).sum()),
+        "bias_mean": float(frame["test_ba_bias"].mean()),
+        "refreshes": float(frame[refreshes].sum(axis=1).mean()) if refreshes else math.nan,
+    }

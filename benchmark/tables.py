@@ -10,9 +10,10 @@ pseudo-label refreshes where a method refreshes; the seed count, how many seeds 
 stage-2 cell kept their stage-1 weights (``†`` when all did); the paper's values beside
 data of the paper's kind (BMD in g/cm²); Table 3 on z-scored targets adds the raw-scale λ
 and m. Statistics: :mod:`bmdbench.statistics`, over the table's Holm family
-(:func:`bmdbench.paper_tables.family`). The footer lines name the data (file name and
+(:func:`bmdbench.experiments.family`). The footer lines name the data (file name and
 fingerprint), preset, seeds, device and git sha, the statistics and family, the power, and
 the footnotes. The CSV is the tidy form: one row per cell with plain numbers, for scripts.
+How each is printed: :mod:`bmdbench.rendering`.
 """
 
 from __future__ import annotations
@@ -26,16 +27,32 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from rich.console import Console
-from rich.table import Table
 
-from bmdbench import store
 from bmdbench.errors import BmdWarning, ConfigError, DataError
-from bmdbench.paper_tables import METHOD_TABLES, TABLES, PaperTable, TableCell, family, select
-from bmdbench.results import cell_runs, load_runs, raw_triplet_scale, table_stats
+from bmdbench.experiments import (
+    METHOD_TABLES,
+    TABLES,
+    PaperTable,
+    TableCell,
+    cells_for,
+    family,
+    select,
+)
+from bmdbench.rendering import (
+    FORMATS,
+    csv_table,
+    data_name,
+    format_cells,
+    format_number,
+    latex_table,
+    markdown_table,
+    rich_table,
+    write_text,
+)
+from bmdbench.results import cell_runs, load_runs
 from bmdbench.spec import RunSpec
-from bmdbench.statistics import ALPHA, MIN_SEEDS_TEST, N_RESAMPLES, POWER
+from bmdbench.statistics import ALPHA, MIN_SEEDS_TEST, N_RESAMPLES, POWER, table_stats
 
-FORMATS = ("md", "latex", "csv")
 PAPER_UNIT = "g/cm²"  # the paper's values are BMD: shown only beside targets in this unit
 
 
@@ -55,7 +72,7 @@ def build(
     n_resamples: int = N_RESAMPLES,
 ) -> TableData:
     """Statistics for every cell of ``table``, computed over its whole Holm family
-    (:func:`bmdbench.paper_tables.family`); ``signatures`` names the runs of every cell of
+    (:func:`bmdbench.experiments.family`); ``signatures`` names the runs of every cell of
     that family."""
     name, cells = family(table)
     selected = [cell_runs(runs, [signatures[tc]]) for tc in cells]
@@ -115,31 +132,28 @@ def _unit(runs: pd.DataFrame) -> str:
 
 def _raw_scale(frame: pd.DataFrame, method: str) -> tuple[float, float, float]:
     """(σ, λ_raw, m_raw) of a cell, means over its runs; NaN λ/m unless its runs trained
-    a triplet term on z-scored targets (see :func:`bmdbench.results.raw_triplet_scale`)."""
+    a triplet term on z-scored targets (as the method converts it: ``Method.raw_scale``)."""
     if frame.empty or "target_sd" not in frame:
         return (np.nan, np.nan, np.nan)
     sd = float(frame["target_sd"].mean())
-    triplet = {"hp.weight", "hp.margin"} <= set(frame.columns)
-    if not triplet or not (frame["target_norm"] == "zscore").all():
+    if not (frame["target_norm"] == "zscore").all():
         return (sd, np.nan, np.nan)
-    from bmdbench.methods import METHODS
+    from bmdbench.methods import METHODS  # torch: only for a table of z-scored runs
 
-    adaptive = bool(getattr(METHODS.get(method), "adaptive", True))
+    convert = METHODS.get(method).raw_scale
     raw = [
-        raw_triplet_scale(w, m, s, adaptive)
-        for w, m, s in zip(frame["hp.weight"], frame["hp.margin"], frame["target_sd"], strict=True)
+        convert({str(k)[3:]: v for k, v in run.items() if str(k).startswith("hp.")}, sd_run)
+        for run, sd_run in zip(frame.to_dict("records"), frame["target_sd"], strict=True)
     ]
-    return (sd, float(np.mean([r[0] for r in raw])), float(np.mean([r[1] for r in raw])))
+    scaled = [r for r in raw if r is not None]
+    if len(scaled) < len(raw):
+        return (sd, np.nan, np.nan)
+    return (sd, float(np.mean([r[0] for r in scaled])), float(np.mean([r[1] for r in scaled])))
 
 
 def _cell_name(row: pd.Series, table: PaperTable) -> str:
     grouped = table.layout == "groups" and row["group"] != "Baseline"
     return f"{row['group']} {row['label']}" if grouped else str(row["label"])
-
-
-def data_name(source: str) -> str:
-    """A data source as published: a manifest by its file name, never its full path."""
-    return source if source == "synthetic" else Path(source).name
 
 
 def _footer(
@@ -264,97 +278,6 @@ def _pairing_lines(tidy: pd.DataFrame, table: PaperTable) -> list[str]:
     return lines
 
 
-BOLD = {"md": "**{}**", "latex": "\\textbf{{{}}}", "rich": "[bold]{}[/]"}
-DAGGER = {"md": "†", "latex": "\\dag{}", "rich": "†"}
-
-
-def format_mean_sd(mean: float, sd: float, style: str, digits: int = 4) -> str:
-    if np.isnan(mean):
-        return "—"
-    pm = "$\\pm$" if style == "latex" else "±"
-    return f"{mean:.{digits}f}" if np.isnan(sd) else f"{mean:.{digits}f} {pm} {sd:.{digits}f}"
-
-
-def format_ci(low: float, high: float) -> str:
-    return "—" if np.isnan(low) else f"[{low:.3f}, {high:.3f}]"
-
-
-def format_p(p: float) -> str:
-    """A p-value to 4 decimals ("<0.0001" below); "—" for no test."""
-    if np.isnan(p):
-        return "—"
-    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
-
-
-def format_kept(stage2: bool, kept: int, seeds: int) -> str:
-    """Seeds of a stage-2 cell that selected their stage-1 weights, as kept/seeds."""
-    if seeds == 0:
-        return "—"
-    return f"{kept}/{seeds}" if stage2 else "n/a"
-
-
-def _paper(value: float | None) -> str:
-    return "—" if value is None or np.isnan(value) else f"{value:.4f}"
-
-
-def _delta(row: pd.Series, kind: str, style: str) -> tuple[str, str, str]:
-    """ΔR, its CI and its Holm p as strings; ΔR bold when the Holm p is below α."""
-    delta = row[f"{kind}_delta"]
-    if np.isnan(delta):
-        return "—", "—", "—"
-    text = f"{delta:+.4f}"
-    significant = row[f"{kind}_p_holm"] < ALPHA
-    return (
-        BOLD[style].format(text) if significant else text,
-        format_ci(row[f"{kind}_ci_low"], row[f"{kind}_ci_high"]),
-        format_p(row[f"{kind}_p_holm"]),
-    )
-
-
-def format_cells(tidy: pd.DataFrame, reference: str, style: str) -> pd.DataFrame:
-    """The measured columns of each cell as strings (rows: ``tidy``'s cells, same order).
-
-    ``tidy`` has :data:`bmdbench.results.STAT_COLUMNS` and a ``control`` column (the label
-    of each cell's control, "" for none); ``reference`` names the cell every ΔR vs the
-    baseline is against; ``style`` (md | latex | rich) sets bold and symbols.
-    """
-    controls = bool(tidy["control"].astype(bool).any())
-    refreshes = bool(tidy["refreshes"].notna().any())
-    rows = []
-    for _, row in tidy.iterrows():
-        kept_all = bool(row["stage2"]) and row["n_selected_stage1"] == row["seeds"] > 0
-        r = format_mean_sd(row["r_mean"], row["r_sd"], style)
-        out = {
-            "R": r + DAGGER[style] if kept_all else r,
-            "RMSE": format_mean_sd(row["rmse_mean"], row["rmse_sd"], style),
-            "bias": "—" if np.isnan(row["bias_mean"]) else f"{row['bias_mean']:+.4g}",
-            "R 95% CI": format_ci(row["r_ci_low"], row["r_ci_high"]),
-        }
-        if controls:
-            if row["control"]:
-                d, ci, p = _delta(row, "control", style)
-            else:
-                d, ci, p = ("", "", "")
-            out |= {"ΔR vs Control": d, "ΔR vs Control 95% CI": ci, "p vs Control (Holm)": p}
-        if row["label"] == reference:
-            d, ci, p = "reference", "", ""
-        else:
-            d, ci, p = _delta(row, "base", style)
-        out |= {
-            f"ΔR vs {reference}": d,
-            f"ΔR vs {reference} 95% CI": ci,
-            f"p vs {reference} (Holm)": p,
-        }
-        if refreshes:
-            out["refreshes"] = "" if np.isnan(row["refreshes"]) else f"{row['refreshes']:.1f}"
-        out["seeds"] = str(int(row["seeds"]))
-        out["stage 1 kept"] = format_kept(
-            bool(row["stage2"]), int(row["n_selected_stage1"]), int(row["seeds"])
-        )
-        rows.append(out)
-    return pd.DataFrame(rows, index=tidy.index)
-
-
 def display_frame(data: TableData, style: str) -> pd.DataFrame:
     """The table in the paper's layout, as strings; ``style`` (md | latex | rich) sets the bold."""
     tidy = data.tidy
@@ -362,11 +285,11 @@ def display_frame(data: TableData, style: str) -> pd.DataFrame:
     ref = data.table.reference
     cells = format_cells(tidy, ref, style)
     if tidy["paper_r"].notna().any():
-        cells["R (paper)"] = [_paper(v) for v in tidy["paper_r"]]
-        cells["RMSE (paper)"] = [_paper(v) for v in tidy["paper_rmse"]]
+        cells["R (paper)"] = [format_number(v, ".4f") for v in tidy["paper_r"]]
+        cells["RMSE (paper)"] = [format_number(v, ".4f") for v in tidy["paper_rmse"]]
     if data.table.raw_scale and tidy["lambda_raw"].notna().any():
-        cells.insert(0, "λ raw", [_raw(v) for v in tidy["lambda_raw"]])
-        cells.insert(1, "m raw", [_raw(v) for v in tidy["margin_raw"]])
+        cells.insert(0, "λ raw", [format_number(v, ".4g") for v in tidy["lambda_raw"]])
+        cells.insert(1, "m raw", [format_number(v, ".4g") for v in tidy["margin_raw"]])
     cells.index = pd.Index(tidy["label"], name="")
     layout = data.table.layout
     if layout == "columns":
@@ -390,10 +313,6 @@ def display_frame(data: TableData, style: str) -> pd.DataFrame:
     return frame
 
 
-def _raw(value: float) -> str:
-    return "—" if np.isnan(value) else f"{value:.4g}"
-
-
 def to_markdown(data: TableData) -> str:
     frame = display_frame(data, "md")
     return markdown_table(frame, data.table.title, data.footer, verbatim=True)
@@ -407,114 +326,10 @@ def to_csv(data: TableData) -> str:
     return csv_table(data.tidy, data.footer)
 
 
-def markdown_table(frame: pd.DataFrame, title: str, footer: str, verbatim: bool = False) -> str:
-    """A titled Markdown table, then each footer line as a paragraph. ``verbatim``: cells are
-    formatted strings, printed as they are (not re-parsed as numbers: "1.0000" stays)."""
-    if isinstance(frame.columns, pd.MultiIndex):
-        frame = frame.set_axis([" ".join(c) for c in frame.columns], axis=1)
-    notes = "\n\n".join(footer.splitlines())
-    return f"**{title}**\n\n{frame.to_markdown(disable_numparse=verbatim)}\n\n{notes}\n"
-
-
-def latex_table(frame: pd.DataFrame, title: str, footer: str, label: str) -> str:
-    """A booktabs table float (cells already LaTeX; labels escaped here) with the footer
-    lines as small notes under the tabular."""
-    frame = frame.rename(index=_latex_escape, columns=_latex_escape)
-    frame.index.name = _latex_escape(frame.index.name) if frame.index.name else None
-    body = frame.style.to_latex(
-        hrules=True,
-        multicol_align="c",
-        column_format="l" + "r" * frame.shape[1],
-        caption=_latex_escape(title),
-        label=f"tab:{label}",
-        position_float="centering",
-    )
-    notes = "".join(
-        f"\\par\\smallskip{{\\footnotesize {_latex_escape(line)}}}\n"
-        for line in footer.splitlines()
-    )
-    end = "\\end{table}"
-    assert body.count(end) == 1
-    return body.replace(end, notes + end)
-
-
-def csv_table(frame: pd.DataFrame, footer: str) -> str:
-    """Plain numbers, each footer line as a last ``#`` line (``pd.read_csv(..., comment="#")``)."""
-    notes = "".join(f"# {line}\n" for line in footer.splitlines())
-    return frame.to_csv(index=False, float_format="%.6g") + notes
-
-
-_LATEX = (
-    ("%", "\\%"),
-    ("&", "\\&"),
-    ("_", "\\_"),
-    ("#", "\\#"),
-    ("<", "$<$"),
-    (">", "$>$"),
-    ("Δ", "$\\Delta$"),
-    ("Π", "$\\Pi$"),
-    ("σ²", "$\\sigma^2$"),
-    ("σ", "$\\sigma$"),
-    ("λ", "$\\lambda$"),
-    ("α", "$\\alpha$"),
-    ("±", "$\\pm$"),
-    ("≥", "$\\geq$"),
-    ("≈", "$\\approx$"),
-    ("∞", "$\\infty$"),
-    ("·", "$\\cdot$"),
-    ("†", "\\dag{}"),
-)
-
-
-def _latex_escape(text: object) -> str:
-    out = str(text)
-    for char, repl in _LATEX:
-        out = out.replace(char, repl)
-    return out
-
-
-EXTENSIONS = {"md": "md", "latex": "tex", "csv": "csv"}
-
-
 def write(data: TableData, fmt: str, folder: Path) -> Path:
     """Write one format of the table to ``folder/<table>.<ext>`` (atomically)."""
     text = {"md": to_markdown, "latex": to_latex, "csv": to_csv}[fmt](data)
-    return _write_text(text, data.table.name, fmt, folder)
-
-
-def write_frame(
-    frame: pd.DataFrame, title: str, footer: str, name: str, fmt: str, folder: Path
-) -> Path:
-    """Write any frame (its index a column) as ``folder/<name>.<ext>`` in one format."""
-    text = {
-        "md": lambda: markdown_table(frame, title, footer),
-        "latex": lambda: latex_table(frame.astype(str), title, footer, name),
-        "csv": lambda: csv_table(frame.reset_index(), footer),
-    }[fmt]()
-    return _write_text(text, name, fmt, folder)
-
-
-def _write_text(text: str, name: str, fmt: str, folder: Path) -> Path:
-    path = folder / f"{name}.{EXTENSIONS[fmt]}"
-    store.write_text(path, text)
-    return path
-
-
-def store_preset(out: Path) -> str:
-    """The preset of the runs under ``out`` (``bmdbench table`` without ``--preset``); a
-    :class:`ConfigError` when the store has no run, or runs of several presets."""
-    presets = sorted({record.preset for record in store.iter_records(out)})
-    if not presets:
-        raise ConfigError(
-            f"no finished runs under {out / 'runs'}",
-            "run bmdbench grid (or run) with this --out first, or give the --out it used",
-        )
-    if len(presets) > 1:
-        raise ConfigError(
-            f"the runs under {out / 'runs'} are of several presets ({', '.join(presets)})",
-            f"give --preset, one of: {', '.join(presets)}",
-        )
-    return presets[0]
+    return write_text(text, data.table.name, fmt, folder)
 
 
 def publish(
@@ -527,11 +342,9 @@ def publish(
     console: Console,
 ) -> list[Path]:
     """``bmdbench table``: each paper table of ``names`` (table1..table4, all) from the runs
-    under ``out``, its cells named as ``bmdbench grid`` names them (:func:`bmdbench.grid.cells_for`
-    from ``base``, ``backbones`` and ``sets``), printed and written to ``out/tables`` in each
-    of ``formats``."""
-    from bmdbench.grid import cells_for
-
+    under ``out``, its cells named as ``bmdbench grid`` names them
+    (:func:`bmdbench.experiments.cells_for` from ``base``, ``backbones`` and ``sets``),
+    printed and written to ``out/tables`` in each of ``formats``."""
     if unknown := [f for f in formats if f not in FORMATS]:
         raise ConfigError(f"unknown format {unknown[0]!r}", f"use one of: {', '.join(FORMATS)}")
     runs = load_runs(out)
@@ -554,13 +367,6 @@ def publish(
                 stacklevel=2,
             )
         data = build(paper_table, runs, signatures)
-        frame = display_frame(data, "rich")
-        shown = Table(title=paper_table.title, caption=data.footer)
-        shown.add_column(str(frame.index.name or ""))
-        for column in frame.columns:
-            shown.add_column(" ".join(column) if isinstance(column, tuple) else str(column))
-        for label, row in frame.iterrows():
-            shown.add_row(str(label), *(str(v) for v in row))
-        console.print(shown)
+        console.print(rich_table(display_frame(data, "rich"), paper_table.title, data.footer))
         written += [write(data, f, out / "tables") for f in formats]
     return written

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bmdbench.backbones import build_backbone
-from bmdbench.config import AugmentConfig, SplitConfig, StageConfig
+from bmdbench.config import PRESETS, AugmentConfig, SplitConfig, StageConfig
 from bmdbench.data.augment import BatchAugment
 from bmdbench.data.imageset import ImageSet
 from bmdbench.data.module import DataModule
@@ -73,7 +73,8 @@ def check_method(cls: type[Method], params: Any = None) -> None:
     ``params``: an instance of ``cls.Params`` (default: its defaults). The rules:
 
     - ``Params`` is a frozen dataclass whose every field has a default, ``search_space``
-      names its fields, ``stage`` is 1 or 2 and a stage-2 method's Params carry ``stage1``;
+      names its fields, ``presets`` known presets and its fields, ``stage`` is 1 or 2 and a
+      stage-2 method's Params carry ``stage1``;
       the class has a docstring (``bmdbench list methods`` shows its first line);
     - ``trainable_parameters()`` yields exactly the method's parameters that require grad
       (a further network left out would never be stepped);
@@ -150,6 +151,10 @@ def _check_declarations(cls: type[Method], params: Any) -> tuple[Any, StageConfi
     _require(not no_default, cls, f"Params fields without a default: {', '.join(no_default)}")
     unknown = sorted(set(cls.search_space) - set(names))
     _require(not unknown, cls, f"search_space names no Params field: {', '.join(unknown)}")
+    for preset, values in cls.presets.items():
+        _require(preset in PRESETS, cls, f"presets names {preset!r}, not one of {list(PRESETS)}")
+        unknown = sorted(set(values) - set(names))
+        _require(not unknown, cls, f"presets[{preset!r}] names no Params field: {unknown}")
     _require(cls.stage in (1, 2), cls, f"stage is {cls.stage!r}, not 1 or 2")
     if cls.stage == 2:
         _require("stage1" in names, cls, "a stage-2 method's Params need a stage1 field")

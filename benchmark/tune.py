@@ -1,10 +1,11 @@
 """Optuna searches over a method's hyperparameters (``bmdbench tune``).
 
 Each method declares its search space next to its Params dataclass
-(``Method.search_space``); the stage learning rate is searchable for every
-method. The objective is the validation Pearson R of a normal run (the test
-split is never looked at during a search); each epoch's validation R is
-reported so that the median pruner stops hopeless trials.
+(``Method.search_space``), and the kinds of its ranges are the searches this module
+knows (:func:`kinds`); the stage learning rate is searchable for every method. The
+objective is the validation Pearson R of a normal run (the test split is never looked at
+during a search); each epoch's validation R is reported so that the median pruner stops
+hopeless trials.
 """
 
 from __future__ import annotations
@@ -22,42 +23,67 @@ from rich.table import Table
 
 from bmdbench import store
 from bmdbench.config import Range, stable_hash
-from bmdbench.dispatch import default_storage, open_storage, quiet_libraries, shown
+from bmdbench.dispatch import DB_NAME, default_storage, open_storage, quiet_libraries, shown
 from bmdbench.errors import ConfigError, Pruned, RunFailed
+from bmdbench.grid import make_plan, print_plan, run_grid
 from bmdbench.options import check_positive
 from bmdbench.record import RunRecord
+from bmdbench.rendering import format_cells, markdown_table, write_frame
+from bmdbench.results import cell_runs, load_runs
 from bmdbench.spec import RunSpec
+from bmdbench.statistics import table_stats
 
-KINDS = ("margin", "lambda", "consistency", "lr", "ema", "all")
-DEFAULT_METHOD = {
-    "margin": "atl",
-    "lambda": "atl",
-    "consistency": "proposed",
-    "lr": "proposed",
-    "ema": "mean_teacher",
-    "all": "proposed",
-}
 LR = Range("lr", 1e-6, 1e-3, log=True)  # the learning rate of the method's own stage
+ALL = "all"  # the search of every range of the method and its learning rate
 PRUNER_WARMUP = 0.5  # fraction of its epochs a trial runs before the median pruner may stop it
 # (early validation R is noise: under quick it stays near 0 for the first 3–4 epochs)
+
+
+def _methods() -> Any:
+    """The method registry (imported here, when a search is named: it imports torch)."""
+    from bmdbench.methods import METHODS
+
+    return METHODS
+
+
+def kinds() -> list[str]:
+    """The searches ``bmdbench tune KIND`` knows: each kind a method's range declares, in
+    the methods' order, then the learning rate and all."""
+    methods = _methods()
+    declared = [r.kind for name in methods for r in methods.get(name).search_space.values()]
+    return list(dict.fromkeys([*declared, LR.kind, ALL]))
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in (known := kinds()):
+        raise ConfigError(f"unknown search {kind!r}", f"use one of: {', '.join(known)}")
+
+
+def default_method(kind: str) -> str:
+    """The method ``bmdbench tune KIND`` tunes without ``--method``: the first that declares
+    ``kind`` its default (``Method.tune_default``)."""
+    _check_kind(kind)
+    methods = _methods()
+    claimed = [name for name in methods if kind in methods.get(name).tune_default]
+    if not claimed:
+        raise ConfigError(f"no method is the default of {kind} searches", "give --method NAME")
+    return claimed[0]
 
 
 def search_space(method: str, kind: str) -> dict[str, Range]:
     """Dotted ``--set`` keys → ranges that ``kind`` searches for ``method`` (the method's
     ``search_space`` and its stage's learning rate)."""
-    if kind not in KINDS:
-        raise ConfigError(f"unknown search {kind!r}", f"use one of: {', '.join(KINDS)}")
-    from bmdbench.methods import METHODS  # imports torch: an unknown kind is told without it
-
-    spec = METHODS.get(method)
+    _check_kind(kind)
+    methods = _methods()
+    spec = methods.get(method)
     space = {f"{method}.{name}": r for name, r in spec.search_space.items()}
     space[f"stage{spec.stage}.lr"] = LR
-    chosen = space if kind == "all" else {k: r for k, r in space.items() if r.kind == kind}
+    chosen = space if kind == ALL else {k: r for k, r in space.items() if r.kind == kind}
     if not chosen:
         has = [
             name
-            for name in METHODS
-            if any(r.kind == kind for r in METHODS.get(name).search_space.values())
+            for name in methods
+            if any(r.kind == kind for r in methods.get(name).search_space.values())
         ]
         raise ConfigError(
             f"{method} has no {kind} hyperparameter to search",
@@ -154,7 +180,7 @@ def run_tune(
     else:
         check_positive("--n-trials", n_trials)
     names = (
-        methods if equal_trials is not None else [method or DEFAULT_METHOD.get(kind, "proposed")]
+        methods if equal_trials is not None else [method or default_method(kind)]
     )
     searches = [_checked_search(kind, replace(base, method=name), out) for name in names]
     url = storage or default_storage(out)
@@ -350,12 +376,8 @@ def compare_tuned(
     console: Console,
 ) -> pd.DataFrame:
     """Run each method with its tuned settings over ``seeds`` seeds (a grid) and compare them
-    on test as a paper table does (:func:`bmdbench.results.table_stats`): mean ± SD,
+    on test as a paper table does (:func:`bmdbench.statistics.table_stats`): mean ± SD,
     two-level CI, ΔR against the first method with Holm-adjusted p."""
-    from bmdbench.grid import make_plan, print_plan, run_grid
-    from bmdbench.results import cell_runs, load_runs, table_stats
-    from bmdbench.tables import format_cells
-
     cells = {
         m: [base.spec.but(method=m, seed=s, settings=p) for s in range(seeds)]
         for m, p in best.items()
@@ -395,8 +417,6 @@ def equal_budget(
     """``bmdbench tune KIND --equal-budget N``: tune each search's method with exactly
     ``n_trials`` trials, run each with its best values over ``seeds`` seeds and compare them
     on test (:func:`compare_tuned`); print the table and write it to ``out/tables``."""
-    from bmdbench.tables import markdown_table
-
     best = equal_budget_best(searches, n_trials, storage, out, console)
     frame = compare_tuned(best, searches[0], seeds, storage, out, console)
     title = f"Tuned with {n_trials} trials each ({kind}), compared on test over {seeds} seeds"
@@ -414,8 +434,6 @@ def equal_budget(
 
 def write_trials(study: optuna.Study, formats: Sequence[str], out: Path) -> list[Path]:
     """The study's trials (:func:`trials_frame`) as ``out/tables/<study>.<ext>``."""
-    from bmdbench.tables import write_frame
-
     title = f"Trials of study {study.study_name}"
     footer = f"Objective: validation Pearson R. Runs in {out / 'runs'}."
     frame = trials_frame(study)
@@ -426,8 +444,6 @@ def export_study(
     name: str | None, storage: str | None, out: Path, formats: Sequence[str], console: Console
 ) -> list[Path]:
     """``bmdbench table tune --study NAME``: summarise a finished study and write its trials."""
-    from bmdbench.dispatch import DB_NAME, default_storage
-
     if storage is None and not (out / DB_NAME).exists():
         raise ConfigError(f"no studies under {out}", "give the --out of the tune run, or --storage")
     url = storage or default_storage(out)

@@ -16,7 +16,7 @@ step an optimiser, set autocast or move tensors between devices)::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -79,6 +79,12 @@ MARGIN = Range("margin", 0.05, 1.5)  # covers Table 3's margins 0.1–1.0
 TRIPLET_WEIGHT = Range("lambda", 0.05, 2.0, log=True)
 CONSISTENCY_WEIGHT = Range("consistency", 0.1, 10.0, log=True)
 
+TRIPLET_PRESETS: dict[str, dict[str, Any]] = {"quick": {"weight": 0.05}}
+"""The ``presets`` of a method whose loss has a triplet term weighted by ``weight`` (λ): λ
+under ``quick``, chosen by measurement (README, "The quick preset"): in stage 1's 140 steps
+the paper's 0.5 collapses the embedding (validation R 0.22–0.26 on 3 seeds, 0.41 at 0.15);
+0.05 leaves it near the baseline's (0.68–0.70)."""
+
 
 @dataclass(frozen=True)
 class NoParams:
@@ -116,6 +122,13 @@ class Method(nn.Module):
     images (before weighting): the contract test checks they alone give the
     student a gradient.
 
+    What else is about a method is declared here too, so that adding one touches no other
+    module: ``presets``, the values a preset gives its Params fields (applied when a run of
+    that preset is resolved, above the defaults and below a config file and ``--set``);
+    ``search_space``, its ranges for ``bmdbench tune``, whose kinds are the searches tune
+    knows; ``tune_default``, the searches that tune it when no ``--method`` is given; and
+    :meth:`raw_scale`, its triplet term on the raw target scale (Table 3).
+
     ``regressor`` is the run's network (stage-1 weights loaded for a stage-2 method);
     ``new_regressor`` builds further networks of the run's backbone for a method that
     trains several (see :meth:`new_regressor`). A subclass that overrides ``__init__``
@@ -123,7 +136,9 @@ class Method(nn.Module):
     """
 
     Params: ClassVar[type] = NoParams
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}  # preset → Params field → its value there
     search_space: ClassVar[dict[str, Range]] = {}  # Params field → its search range
+    tune_default: ClassVar[tuple[str, ...]] = ()  # kinds of `bmdbench tune` it is the default of
     stage: ClassVar[int] = 1
     two_stream: ClassVar[bool] = False  # stage 2: a fixed number of labeled images per batch
     labeled_only: ClassVar[bool] = False  # stage 2: batches of labeled images only (controls)
@@ -157,6 +172,13 @@ class Method(nn.Module):
         """The smallest training batch this method's loss is defined on with ``params``,
         and why (checked by :func:`bmdbench.spec.validate` before a run starts)."""
         return 2, "batch norm needs two images"
+
+    @classmethod
+    def raw_scale(cls, hparams: Mapping[str, Any], target_sd: float) -> tuple[float, float] | None:
+        """The (λ, m) of this method's triplet term on raw targets that give the loss it had
+        with ``hparams`` on z-scored targets of SD ``target_sd`` (Table 3's λ raw and m raw);
+        None for a method without a triplet term."""
+        return None
 
     def training_step(self, batch: Batch, ctx: FitContext) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -18,15 +18,16 @@ term).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from bmdbench.config import at_least
 from bmdbench.data.module import Batch
-from bmdbench.methods.base import METHODS, STAGE1, FitContext, Method
-from bmdbench.methods.losses import batch_triplet_loss, masked_mse
+from bmdbench.methods.base import METHODS, STAGE1, TRIPLET_PRESETS, FitContext, Method
+from bmdbench.methods.losses import batch_triplet_loss, masked_mse, raw_triplet_scale
 
 
 @dataclass(frozen=True)
@@ -63,12 +64,17 @@ class ControlAtl(Method):
     """Equal-compute supervised control of the ATL methods: atl fine-tuned for stage 2's steps with MSE + λ·ATL, labeled images only."""
 
     Params = ControlAtlParams
+    presets: ClassVar[dict[str, dict[str, Any]]] = TRIPLET_PRESETS  # as its parent's
     stage = 2
     labeled_only = True
 
     @classmethod
     def min_batch_size(cls, params: Any) -> tuple[int, str]:
         return 3, "a triplet needs three images of one batch"
+
+    @classmethod
+    def raw_scale(cls, hparams: Mapping[str, Any], target_sd: float) -> tuple[float, float]:
+        return raw_triplet_scale(hparams["weight"], hparams["margin"], target_sd, adaptive=True)
 
     def training_step(self, batch: Batch, ctx: FitContext) -> dict[str, torch.Tensor]:
         embedding, pred = self.regressor(ctx.augment(batch.images))

@@ -64,6 +64,29 @@ def batch_triplet_loss(
     return triplet_loss(embedding.float(), targets, near, far, margin, adaptive)
 
 
+def raw_triplet_scale(
+    weight: float, margin: float, target_sd: float, adaptive: bool
+) -> tuple[float, float]:
+    """The raw-target-scale (λ, m) equivalent to a triplet term trained on z-scored targets.
+
+    With z = (y − μ)/σ (σ the SD of the labeled training targets), the loss is
+    MSE_z + λ·T_z with T_z = mean[‖Fa−Fn‖² − ‖Fa−Ff‖² + α_z·m]₊ (:func:`triplet_loss`).
+    Squared errors scale with σ²: MSE_z = MSE_raw/σ². The
+    adaptive α is a difference of squared target gaps, α_z = α_raw/σ², so
+    α_z·m = α_raw·(m/σ²): T_z is the raw-scale term with margin m_raw = m/σ² (the
+    embedding distances are unchanged). Hence
+
+        MSE_z + λ·T_z = (MSE_raw + λσ²·T_raw(m/σ²)) / σ²,
+
+    the raw-scale loss with λ_raw = λσ² and m_raw = m/σ², up to the overall
+    factor 1/σ² (a learning-rate scale, which Adam largely ignores). The plain
+    triplet loss has α = 1, no target units: its margin is unchanged, m_raw = m,
+    and still λ_raw = λσ². Returns (λ_raw, m_raw).
+    """
+    variance = target_sd**2
+    return weight * variance, margin / variance if adaptive else margin
+
+
 def consistency(
     f1: torch.Tensor, f2: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor
 ) -> torch.Tensor:

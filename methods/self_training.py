@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -14,12 +15,18 @@ from bmdbench.methods.base import (
     MARGIN,
     METHODS,
     STAGE1,
+    TRIPLET_PRESETS,
     TRIPLET_WEIGHT,
     FitContext,
     Method,
     Range,
 )
-from bmdbench.methods.losses import batch_triplet_loss, consistency, masked_mse
+from bmdbench.methods.losses import (
+    batch_triplet_loss,
+    consistency,
+    masked_mse,
+    raw_triplet_scale,
+)
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,10 @@ class PseudoLabelTraining(Method):
         if params.weight > 0:
             return 3, "with weight > 0 its triplet loss needs three images of one batch"
         return super().min_batch_size(params)
+
+    @classmethod
+    def raw_scale(cls, hparams: Mapping[str, Any], target_sd: float) -> tuple[float, float]:
+        return raw_triplet_scale(hparams["weight"], hparams["margin"], target_sd, adaptive=True)
 
     def on_stage_start(self, ctx: FitContext) -> None:
         """Start with labels only: unlabeled images have no pseudo label (NaN) yet."""
@@ -107,6 +118,7 @@ class PseudoLabelATL(PseudoLabelsOnce):
     """Pseudo labels predicted once by the ATL model; MSE + λ·ATL on both (SSL + ATL)."""
 
     Params = PseudoLabelATLParams
+    presets: ClassVar[dict[str, dict[str, Any]]] = TRIPLET_PRESETS
     search_space: ClassVar[dict[str, Range]] = {"margin": MARGIN, "weight": TRIPLET_WEIGHT}
 
 
@@ -126,11 +138,13 @@ class SelfTraining(PseudoLabelTraining):
     """The paper's self-training: pseudo labels refreshed when val R rises and MSE falls (Alg. 1)."""
 
     Params = SelfTrainingParams
+    presets: ClassVar[dict[str, dict[str, Any]]] = TRIPLET_PRESETS
     search_space: ClassVar[dict[str, Range]] = {
         "margin": MARGIN,
         "weight": TRIPLET_WEIGHT,
         "consistency_weight": CONSISTENCY_WEIGHT,
     }
+    tune_default = ("consistency", "lr", "all")  # the paper's method
     unsupervised_terms: ClassVar[tuple[str, ...]] = ("mse_pseudo", "consistency")
 
     def on_stage_start(self, ctx: FitContext) -> None:

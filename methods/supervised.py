@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -9,8 +10,16 @@ import torch
 
 from bmdbench.config import at_least
 from bmdbench.data.module import Batch
-from bmdbench.methods.base import MARGIN, METHODS, TRIPLET_WEIGHT, FitContext, Method, Range
-from bmdbench.methods.losses import batch_triplet_loss, masked_mse
+from bmdbench.methods.base import (
+    MARGIN,
+    METHODS,
+    TRIPLET_PRESETS,
+    TRIPLET_WEIGHT,
+    FitContext,
+    Method,
+    Range,
+)
+from bmdbench.methods.losses import batch_triplet_loss, masked_mse, raw_triplet_scale
 
 
 @METHODS.register("baseline")
@@ -33,7 +42,12 @@ class TripletParams:
 class _TripletMethod(Method):
     adaptive: bool
     Params = TripletParams
+    presets: ClassVar[dict[str, dict[str, Any]]] = TRIPLET_PRESETS
     search_space: ClassVar[dict[str, Range]] = {"margin": MARGIN, "weight": TRIPLET_WEIGHT}
+
+    @classmethod
+    def raw_scale(cls, hparams: Mapping[str, Any], target_sd: float) -> tuple[float, float]:
+        return raw_triplet_scale(hparams["weight"], hparams["margin"], target_sd, cls.adaptive)
 
     @classmethod
     def min_batch_size(cls, params: Any) -> tuple[int, str]:
@@ -58,3 +72,4 @@ class AdaptiveTriplet(_TripletMethod):
     """MSE + λ·adaptive triplet loss, margin scaled by the triplet's BMD differences (eq. 3–5)."""
 
     adaptive = True
+    tune_default = ("margin", "lambda")  # Table 3's subject

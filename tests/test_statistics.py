@@ -7,14 +7,11 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from scipy import stats
 
-from bmdbench.methods.losses import masked_mse, triplet_loss
-from bmdbench.results import raw_triplet_scale
+from bmdbench.results import Predictions
 from bmdbench.statistics import (
     MIN_SEEDS_TEST,
-    Predictions,
     cell_stats,
     compare,
     estimate,
@@ -236,28 +233,3 @@ def test_comparison_pairs_seeds_by_seed():
         np.mean([r(b.pred[0]) - r(a.pred[1]), r(b.pred[1]) - r(a.pred[2])])
     )
     assert math.isnan(result.p)  # under three paired seeds
-
-
-def test_raw_scale_gives_the_same_loss_on_raw_targets():
-    """MSE_z + λ·T_z(m) equals (MSE_raw + λ_raw·T_raw(m_raw)) / σ² (docstring's derivation)."""
-    gen = torch.Generator().manual_seed(0)
-    y = torch.rand(8, generator=gen, dtype=torch.float64) * 0.6 + 0.6
-    pred = y + 0.05 * torch.randn(8, generator=gen, dtype=torch.float64)
-    embedding = torch.randn(8, 4, generator=gen, dtype=torch.float64) * 0.01
-    near, far = torch.arange(1, 9) % 8, torch.arange(2, 10) % 8
-    mu, sigma = float(y.mean()), float(y.std(unbiased=False))
-    z, pz = (y - mu) / sigma, (pred - mu) / sigma
-    mask = torch.ones(8, dtype=torch.bool)
-    weight, margin = 0.5, 0.3
-    for adaptive in (True, False):
-        lam_raw, m_raw = raw_triplet_scale(weight, margin, sigma, adaptive)
-        assert lam_raw == pytest.approx(weight * sigma**2)
-        assert m_raw == pytest.approx(margin / sigma**2 if adaptive else margin)
-        loss_z = masked_mse(pz, z, mask) + weight * triplet_loss(
-            embedding, z, near, far, margin, adaptive
-        )
-        loss_raw = masked_mse(pred, y, mask) + lam_raw * triplet_loss(
-            embedding, y, near, far, m_raw, adaptive
-        )
-        assert float(loss_raw) / sigma**2 == pytest.approx(float(loss_z), rel=1e-10)
-        assert float(triplet_loss(embedding, z, near, far, margin, adaptive)) > 0  # active

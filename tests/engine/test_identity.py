@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -87,9 +89,6 @@ def test_a_record_without_later_keys_still_has_an_identity():
 
 
 def test_records_written_before_runspec_keep_their_identity():
-    import json
-    from pathlib import Path
-
     # record.json of `bmdbench run -m pi_model -b tiny -p smoke --device cpu` at 0d81f48. Its
     # directory hash also covers the pixels of its parent's images, which the image library
     # renders differently across versions (Pillow 13 resamples otherwise than 12): what must
@@ -103,3 +102,17 @@ def test_records_written_before_runspec_keep_their_identity():
     assert identity.identity(to_dict(then.config)) == identity.identity(written["config"])
     now = RunSpec("pi_model", "tiny", "smoke", device="cpu")
     assert identity.identity(to_dict(now.config)) != identity.identity(written["config"])
+
+
+def quick_records() -> dict[str, dict]:
+    path = Path(__file__).with_name("records") / "quick-configs.json"
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("method", list(quick_records()))
+def test_every_methods_quick_config_is_the_one_its_runs_were_recorded_with(method):
+    # the resolved config of each method under `quick` (vgg11_bn_se, synthetic) as the code
+    # of the published tables (5ff0866) resolved it: wherever a preset's values are declared,
+    # every run keeps its config, and so its keys and its run directory's hash
+    now = to_dict(RunSpec(method, "vgg11_bn_se", "quick").config)
+    assert json.loads(json.dumps(now)) == quick_records()[method]

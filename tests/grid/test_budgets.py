@@ -10,9 +10,8 @@ import pandas as pd
 import pytest
 
 from bmdbench import store
-from bmdbench.budgets import budget_cells, parse_budgets
 from bmdbench.errors import ConfigError
-from bmdbench.grid import cells_for, with_parents
+from bmdbench.experiments import budget_cells, cells_for, parse_budgets, with_parents
 from bmdbench.spec import RunSpec
 
 BASE = RunSpec("", "tiny", "smoke", device="cpu")

@@ -13,10 +13,9 @@ import time
 
 from bmdbench import store
 from bmdbench.config import to_dict
-from bmdbench.grid import custom_cells, table_cells, with_parents
+from bmdbench.experiments import TABLES, custom_cells, select, table_cells, with_parents
 from bmdbench.identity import signature
 from bmdbench.methods import METHODS
-from bmdbench.paper_tables import TABLES, select
 from bmdbench.spec import RunSpec
 
 BASE = RunSpec("", "", "smoke", device="cpu")
@@ -46,11 +45,10 @@ def test_parents_come_first_once_without_other_methods_settings():
 def test_a_changed_preset_makes_new_cells(monkeypatch):
     # the queue knows cells by key: a preset edited between two `bmdbench grid` calls must
     # not leave the old runs counted as the new ones
-    from bmdbench.config import PRESETS
-
     cell = RunSpec("mean_teacher", "tiny", "smoke", device="cpu")
     before = cell.key
-    monkeypatch.setitem(PRESETS, "smoke", {**PRESETS["smoke"], "mean_teacher": {"ema_decay": 0.9}})
+    teacher = METHODS.get("mean_teacher")
+    monkeypatch.setattr(teacher, "presets", {**teacher.presets, "smoke": {"ema_decay": 0.9}})
     assert RunSpec("mean_teacher", "tiny", "smoke", device="cpu").key != before
     assert (
         RunSpec("mean_teacher", "tiny", "smoke", seed=0, device="cuda").key != before

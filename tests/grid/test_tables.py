@@ -12,11 +12,11 @@ import pytest
 
 from bmdbench import store
 from bmdbench.config import to_dict
-from bmdbench.grid import table_cells
+from bmdbench.experiments import METHOD_TABLES, TABLES, family, table_cells
 from bmdbench.methods import METHODS
-from bmdbench.paper_tables import METHOD_TABLES, TABLES, family
-from bmdbench.results import STAT_COLUMNS, load_runs
+from bmdbench.results import load_runs
 from bmdbench.spec import RunSpec
+from bmdbench.statistics import STAT_COLUMNS
 from bmdbench.tables import build, display_frame, to_csv, to_latex, to_markdown
 
 BASE = RunSpec("", "", "smoke", device="cpu")

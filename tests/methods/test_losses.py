@@ -10,6 +10,7 @@ from bmdbench.methods.losses import (
     consistency,
     gaussian_rampup,
     masked_mse,
+    raw_triplet_scale,
     sample_triplets,
     triplet_loss,
 )
@@ -84,3 +85,28 @@ def test_gaussian_rampup():
     assert gaussian_rampup(0.0) == pytest.approx(math.exp(-5))  # 0.006738
     assert gaussian_rampup(0.5) == pytest.approx(math.exp(-1.25))  # 0.286505
     assert gaussian_rampup(1.0) == 1.0 and gaussian_rampup(3.0) == 1.0
+
+
+def test_raw_scale_gives_the_same_loss_on_raw_targets():
+    """MSE_z + λ·T_z(m) equals (MSE_raw + λ_raw·T_raw(m_raw)) / σ² (docstring's derivation)."""
+    gen = torch.Generator().manual_seed(0)
+    y = torch.rand(8, generator=gen, dtype=torch.float64) * 0.6 + 0.6
+    pred = y + 0.05 * torch.randn(8, generator=gen, dtype=torch.float64)
+    embedding = torch.randn(8, 4, generator=gen, dtype=torch.float64) * 0.01
+    near, far = torch.arange(1, 9) % 8, torch.arange(2, 10) % 8
+    mu, sigma = float(y.mean()), float(y.std(unbiased=False))
+    z, pz = (y - mu) / sigma, (pred - mu) / sigma
+    mask = torch.ones(8, dtype=torch.bool)
+    weight, margin = 0.5, 0.3
+    for adaptive in (True, False):
+        lam_raw, m_raw = raw_triplet_scale(weight, margin, sigma, adaptive)
+        assert lam_raw == pytest.approx(weight * sigma**2)
+        assert m_raw == pytest.approx(margin / sigma**2 if adaptive else margin)
+        loss_z = masked_mse(pz, z, mask) + weight * triplet_loss(
+            embedding, z, near, far, margin, adaptive
+        )
+        loss_raw = masked_mse(pred, y, mask) + lam_raw * triplet_loss(
+            embedding, y, near, far, m_raw, adaptive
+        )
+        assert float(loss_raw) / sigma**2 == pytest.approx(float(loss_z), rel=1e-10)
+        assert float(triplet_loss(embedding, z, near, far, margin, adaptive)) > 0  # active
