@@ -172,16 +172,14 @@ def run_tune(
         if equal_trials < 1 or not methods:
             raise ConfigError(
                 "--equal-budget needs a positive trial count and --methods",
-                "e.g. bmdbench tune all --equal-budget 10 --methods pi_model,mean_teacher,proposed",
+                "e.g. bmdbench tune all --equal-budget 10 --methods A,B (names: bmdbench list methods)",
             )
         check_positive("--seeds", seeds)
     elif methods:
         raise ConfigError("--methods goes with --equal-budget", "use --method NAME for one search")
     else:
         check_positive("--n-trials", n_trials)
-    names = (
-        methods if equal_trials is not None else [method or default_method(kind)]
-    )
+    names = methods if equal_trials is not None else [method or default_method(kind)]
     searches = [_checked_search(kind, replace(base, method=name), out) for name in names]
     url = storage or default_storage(out)
     if equal_trials is not None:
