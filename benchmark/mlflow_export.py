@@ -24,6 +24,7 @@ import logging
 import math
 import warnings
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,28 +109,60 @@ def tags(record: RunRecord) -> dict[str, str]:
     }
 
 
+@contextmanager
+def loggers_kept() -> Iterator[None]:
+    """Leave every logger outside MLflow's as it was. MLflow configures other libraries'
+    loggers (SQLAlchemy's and Alembic's get handlers, on import and when it sets up its
+    database), whose lines would then reach the user's terminal from every later database
+    call of the process, a grid's included."""
+
+    def state() -> dict[str, tuple[list[logging.Handler], int, bool, bool]]:
+        loggers = {
+            name: lg
+            for name, lg in logging.Logger.manager.loggerDict.items()
+            if isinstance(lg, logging.Logger) and not name.startswith("mlflow")
+        }
+        loggers[""] = logging.getLogger()
+        return {
+            n: (list(lg.handlers), lg.level, lg.propagate, lg.disabled) for n, lg in loggers.items()
+        }
+
+    before = state()
+    try:
+        yield
+    finally:
+        for name in state():
+            handlers, level, propagate, disabled = before.get(
+                name, ([], logging.NOTSET, True, False)
+            )
+            logger = logging.getLogger(name or None)
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+            logger.propagate, logger.disabled = propagate, disabled
+
+
 def export(out: Path, tracking_uri: str | None = None, experiment: str = EXPERIMENT) -> Exported:
     """Log every finished run under ``out/runs`` that the experiment does not hold yet."""
-    try:
-        from mlflow.tracking import MlflowClient
-    except ImportError:
-        raise ConfigError(
-            "MLflow is not installed", 'install it with  pip install -e ".[mlflow]"'
-        ) from None
     records = list(store.iter_records(out))
     if not records:
         raise ConfigError(
             f"no finished runs under {out / 'runs'}", "run a grid first, or pass --out"
         )
-    artifacts = None
-    if tracking_uri is None:
-        store.check_out(out, "mlflow")
-        (out / "mlflow").mkdir(exist_ok=True)
-        artifacts = (out / "mlflow" / "artifacts").resolve().as_uri()
-    uri = tracking_uri or default_uri(out)
-    logging.getLogger("mlflow").setLevel(logging.WARNING)  # its database set-up chatter
-    with warnings.catch_warnings():
+    with loggers_kept(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # MLflow's own, on SQLAlchemy
+        try:
+            from mlflow.tracking import MlflowClient
+        except ImportError:
+            raise ConfigError(
+                "MLflow is not installed", 'install it with  pip install -e ".[mlflow]"'
+            ) from None
+        artifacts = None
+        if tracking_uri is None:
+            store.check_out(out, "mlflow")
+            (out / "mlflow").mkdir(exist_ok=True)
+            artifacts = (out / "mlflow" / "artifacts").resolve().as_uri()
+        uri = tracking_uri or default_uri(out)
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # its database set-up chatter
         client = MlflowClient(tracking_uri=uri)
         found = client.get_experiment_by_name(experiment)
         experiment_id = (

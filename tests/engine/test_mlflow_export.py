@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
+from importlib.util import find_spec
 
 import pytest
 
@@ -13,11 +15,20 @@ from bmdbench.errors import ConfigError
 from bmdbench.runner import execute
 from bmdbench.spec import resolve
 
-mlflow = pytest.importorskip(
-    "mlflow", reason='MLflow is an optional extra: pip install -e ".[mlflow]"'
+pytestmark = pytest.mark.skipif(
+    find_spec("mlflow") is None, reason='MLflow is an optional extra: pip install -e ".[mlflow]"'
 )
 
 SMALL = {"split.val": "8", "split.test": "8", "stage1.epochs": "2", "stage2.epochs": "1"}
+
+
+@pytest.fixture
+def reader():
+    """MLflow's own client on a tracking URI, the loggers it configures put back after."""
+    with mlflow_export.loggers_kept():
+        from mlflow.tracking import MlflowClient
+
+        yield lambda uri: MlflowClient(tracking_uri=uri)
 
 
 @pytest.fixture
@@ -36,13 +47,13 @@ def test_flatten_writes_dotted_keys_and_json_leaves():
     assert flat == {"stage1.lr": "0.0003", "stage1.drop": "null", "m.w": "[1, 2]"}
 
 
-def test_export_round_trips_and_is_idempotent(smoke_store):
+def test_export_round_trips_and_is_idempotent(smoke_store, reader):
     first = mlflow_export.export(smoke_store)
     assert (first.logged, first.skipped) == (2, 0)
     again = mlflow_export.export(smoke_store)
     assert (again.logged, again.skipped) == (0, 2)
 
-    client = mlflow.tracking.MlflowClient(tracking_uri=first.tracking_uri)
+    client = reader(first.tracking_uri)
     experiment = client.get_experiment_by_name("bmdbench")
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 2, "exporting twice made no duplicate"
@@ -77,9 +88,9 @@ def test_export_round_trips_and_is_idempotent(smoke_store):
     assert {r.data.tags["method"] for r in runs} == {"baseline", "pi_model"}
 
 
-def test_an_interrupted_export_is_logged_again(smoke_store):
+def test_an_interrupted_export_is_logged_again(smoke_store, reader):
     first = mlflow_export.export(smoke_store)
-    client = mlflow.tracking.MlflowClient(tracking_uri=first.tracking_uri)
+    client = reader(first.tracking_uri)
     experiment = client.get_experiment_by_name("bmdbench").experiment_id
     stale = client.search_runs([experiment])[0]
     # what a killed export leaves: a run still RUNNING
@@ -98,3 +109,9 @@ def test_without_mlflow_the_error_says_how_to_install_it(smoke_store, monkeypatc
     with pytest.raises(ConfigError, match=r"pip install -e \".\[mlflow\]\""):
         mlflow_export.export(smoke_store)
     assert not (smoke_store / "mlflow").exists(), "nothing written"
+
+
+def test_mlflow_leaves_other_libraries_loggers_as_they_were(smoke_store):
+    mlflow_export.export(smoke_store)
+    assert not logging.getLogger("sqlalchemy.engine").handlers
+    assert not logging.getLogger("alembic").handlers
