@@ -31,7 +31,8 @@ Rows = tuple[list[str], list[list[str]]]  # headers, then one list of cells per 
 
 def methods() -> Rows:
     """Each registered method: its stage, the stage-1 method it starts from, its
-    hyperparameters' defaults and the first line of its docstring."""
+    hyperparameters' defaults, the values presets give them (``Method.presets``) and the
+    first line of its docstring."""
     from bmdbench.methods import METHODS  # imports torch: only for this listing
 
     rows = []
@@ -45,6 +46,11 @@ def methods() -> Rows:
                 str(method.stage),
                 getattr(params, "stage1", None) or "—",
                 ", ".join(f"{k}={v}" for k, v in defaults.items()) or "—",
+                "; ".join(
+                    f"{preset}: " + ", ".join(f"{k}={v}" for k, v in values.items())
+                    for preset, values in method.presets.items()
+                )
+                or "—",
                 next(iter((method.__doc__ or "").strip().splitlines()), ""),
             ]
         )
@@ -53,6 +59,7 @@ def methods() -> Rows:
         "stage",
         "stage-1 parent",
         "hyperparameter defaults (--set METHOD.KEY=...)",
+        "preset values",
         "description",
     ]
     return headers, rows

@@ -141,6 +141,8 @@ def test_piped_lists_keep_every_name_whole_and_json_parses():
     rows = json.loads(_piped("list", "methods", "--format", "json"))
     assert [row["method"] for row in rows] == list(METHODS)
     assert rows[METHODS.names().index("proposed")]["stage-1 parent"] == "atl"
+    # the values a preset gives a method, as the method declares them
+    assert rows[METHODS.names().index("atl")]["preset values"] == "quick: weight=0.05"
     rows = json.loads(_piped("list", "backbones", "--format", "json"))
     assert [row["backbone"] for row in rows] == backbone_names()
     assert {row["backbone"]: row["embedding"] for row in rows}["resnet50"] == "2048"
