@@ -43,6 +43,7 @@ from bmdbench.config import stable_hash
 from bmdbench.data.cache import decode_all
 from bmdbench.data.images import IMAGE_SUFFIXES, Roi
 from bmdbench.data.imageset import SPLITS, ImageFiles, ImageSet
+from bmdbench.data.manifest_file import check_manifest_file
 from bmdbench.errors import DataError
 
 REQUIRED_COLUMNS = ("image", "target", "patient_id")
@@ -241,13 +242,7 @@ def _check_overlap(rows: pd.DataFrame, extra: pd.DataFrame) -> None:
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
-    if path.is_dir():
-        raise DataError(f"{path} is a folder, not a manifest CSV", "give the path of the CSV")
-    if not path.exists():
-        raise DataError(
-            f"manifest {path} not found",
-            "check the path; a manifest is a CSV with columns image, target, patient_id",
-        )
+    check_manifest_file(path)
     try:
         table = pd.read_csv(
             path, dtype=str, keep_default_na=False, skip_blank_lines=False, skipinitialspace=True

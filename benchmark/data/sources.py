@@ -6,8 +6,11 @@ loads the training engine.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bmdbench.config import RunConfig, stable_hash, to_dict
 from bmdbench.data.imageset import ImageSet
+from bmdbench.data.manifest_file import check_manifest_file
 from bmdbench.data.splits import Split, make_split
 from bmdbench.errors import DataError
 
@@ -19,12 +22,13 @@ def check_sources(cfg: RunConfig) -> None:
     of its manifests (:func:`~bmdbench.data.manifest.read_sources`; read again when the
     images are decoded, which costs milliseconds), or extra unlabeled images given beside
     the synthetic data."""
-    from bmdbench.data.manifest import read_sources
-
     if cfg.data == "synthetic":
         _synthetic_alone(cfg)
-    else:
-        read_sources(cfg.data, cfg.unlabeled)
+        return
+    check_manifest_file(Path(cfg.data))  # before pandas is imported
+    from bmdbench.data.manifest import read_sources  # pandas and the image readers
+
+    read_sources(cfg.data, cfg.unlabeled)
 
 
 def _synthetic_alone(cfg: RunConfig) -> None:
