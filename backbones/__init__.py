@@ -7,13 +7,16 @@ Registered (in this order): ``vgg11_bn``, ``vgg13_bn``, ``vgg16_bn``,
 :func:`build_backbone` also accepts any timm model name (``timm.list_models()``), created
 with ``pretrained=False`` and ``num_classes=0``. The regressor built on top is backbone →
 ``Linear(embed_dim, 1)``.
+
+timm (with torchvision under it: about 2 s of imports) is imported when a timm model is
+built or an unregistered name is looked up, not with this package, so that listing and
+checking the registered names stays quick.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
@@ -102,5 +105,9 @@ TIMM_NAMES = "or any timm model name (timm.list_models())"
 def check_name(name: str) -> None:
     """Raise :class:`ConfigError`, naming the closest, unless ``name`` is a registered
     backbone or a timm model name (an architecture, with or without a pretrained tag)."""
-    if name not in BACKBONES and not timm.is_model(name):
+    if name in BACKBONES:
+        return
+    import timm  # only for a name the registry does not hold (the module docstring says why)
+
+    if not timm.is_model(name):
         raise unknown("backbone", name, backbone_names(), TIMM_NAMES, timm.list_models())

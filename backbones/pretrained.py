@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.models import adapt_input_conv
 
 from bmdbench.backbones._base import Backbone
 from bmdbench.errors import CheckpointError
@@ -61,6 +60,8 @@ def load_pretrained(backbone: Backbone, path: str | Path, name: str) -> None:
         if got == want:
             continue
         if _is_input_conv_mismatch(got, want):
+            from timm.models import adapt_input_conv  # timm: only for such a checkpoint
+
             state[key] = adapt_input_conv(want[1], state[key])
             continue
         raise CheckpointError(

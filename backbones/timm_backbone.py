@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-import timm
 import torch
 from torch import nn
 
@@ -23,6 +22,8 @@ class TimmBackbone(Backbone):
 
     def __init__(self, name: str, in_chans: int = 1, **model_args: Any) -> None:
         super().__init__()
+        import timm  # when a model is built, not when the ResNets register (see bmdbench.backbones)
+
         self.model = timm.create_model(
             name, pretrained=False, num_classes=0, in_chans=in_chans, **model_args
         )

@@ -7,6 +7,9 @@ it is not used; ``features`` is built here from timm's layer configurations,
 laid out with the same indices as torchvision's and timm's ``features``
 (``conv3×3, BN, ReLU`` per conv, ``MaxPool2d(2)`` per stage end), so
 ``features.{i}.*`` keys of their checkpoints load unchanged.
+
+timm is imported when a VGG is built, not when the factories register, so that listing
+the backbones does not import it (see :mod:`bmdbench.backbones`).
 """
 
 from __future__ import annotations
@@ -14,8 +17,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from timm.layers import SEModule
-from timm.models.vgg import cfgs as VGG_CFGS
 from torch import nn
 
 from bmdbench.backbones._base import BACKBONES, Backbone
@@ -36,6 +37,8 @@ class VGG(Backbone):
         self, cfg: Sequence[int | str], in_chans: int = 1, se_reduction: int | None = None
     ) -> None:
         super().__init__()
+        from timm.layers import SEModule  # when built (the module docstring says why)
+
         layers: list[nn.Module] = []
         se_blocks: list[nn.Module] = []
         self._se_before: dict[int, int] = {}  # index in features of a max-pool → SE block index
@@ -82,26 +85,33 @@ class VGG(Backbone):
         return self.pool(x).flatten(1)
 
 
+def _cfg(depth: str) -> list[int | str]:
+    """timm's layer configuration of VGG-``depth`` ("vgg11", …)."""
+    from timm.models.vgg import cfgs  # when built (the module docstring says why)
+
+    return list(cfgs[depth])
+
+
 @BACKBONES.register("vgg11_bn")
 def vgg11_bn(in_chans: int = 1) -> VGG:
     """VGG-11 with batch norm, GAP head, 512-d embedding."""
-    return VGG(VGG_CFGS["vgg11"], in_chans=in_chans)
+    return VGG(_cfg("vgg11"), in_chans=in_chans)
 
 
 @BACKBONES.register("vgg13_bn")
 def vgg13_bn(in_chans: int = 1) -> VGG:
     """VGG-13 with batch norm, GAP head, 512-d embedding."""
-    return VGG(VGG_CFGS["vgg13"], in_chans=in_chans)
+    return VGG(_cfg("vgg13"), in_chans=in_chans)
 
 
 @BACKBONES.register("vgg16_bn")
 def vgg16_bn(in_chans: int = 1) -> VGG:
     """VGG-16 with batch norm, GAP head, 512-d embedding."""
-    return VGG(VGG_CFGS["vgg16"], in_chans=in_chans)
+    return VGG(_cfg("vgg16"), in_chans=in_chans)
 
 
 @BACKBONES.register("vgg11_bn_se")
 def vgg11_bn_se(in_chans: int = 1) -> VGG:
     """The paper's backbone: VGG-11-BN with an SE block (reduction 16) ending each of the
     5 stages, GAP head, 512-d embedding."""
-    return VGG(VGG_CFGS["vgg11"], in_chans=in_chans, se_reduction=16)
+    return VGG(_cfg("vgg11"), in_chans=in_chans, se_reduction=16)

@@ -434,18 +434,27 @@ ListFormat = Annotated[
 @list_app.command("methods")
 def list_methods(fmt: ListFormat = None) -> None:
     """Registered methods: stage, the stage-1 method they start from, hyperparameters."""
-    from bmdbench.listings import show
+    from bmdbench.listings import methods, show
 
-    show("methods", fmt, out_console)
+    show(methods, fmt, out_console)
 
 
 @list_app.command("backbones")
-def list_backbones(fmt: ListFormat = None) -> None:
-    """Registered backbones with their embedding size and parameter count (any other timm
-    model name works too: timm.list_models())."""
-    from bmdbench.listings import show
+def list_backbones(
+    fmt: ListFormat = None,
+    sizes: Annotated[
+        bool,
+        typer.Option(
+            "--sizes", help="Also each one's embedding size and parameter count (imports timm)."
+        ),
+    ] = False,
+) -> None:
+    """Registered backbones (any other timm model name works too: timm.list_models())."""
+    from functools import partial
 
-    show("backbones", fmt, out_console)
+    from bmdbench.listings import backbones, show
+
+    show(partial(backbones, sizes), fmt, out_console)
 
 
 @list_app.command("runs")
@@ -462,9 +471,9 @@ def list_runs(
 @list_app.command("presets")
 def list_presets(fmt: ListFormat = None) -> None:
     """Presets and what they set."""
-    from bmdbench.listings import show
+    from bmdbench.listings import presets, show
 
-    show("presets", fmt, out_console)
+    show(presets, fmt, out_console)
 
 
 @data_app.command("synth")

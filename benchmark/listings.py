@@ -65,21 +65,30 @@ def methods() -> Rows:
     return headers, rows
 
 
-def backbones() -> Rows:
-    """Each registered backbone with its embedding size and parameter count for
-    single-channel images. Built on the meta device: shapes without memory or
-    initialisation, 0.2 s for the eight built-in ones instead of 1.1 s."""
-    import torch  # imported here, as the registries are (the module docstring says why)
+def backbones(sizes: bool = False) -> Rows:
+    """Each registered backbone and the first line of its factory's docstring; with
+    ``sizes``, also its embedding size and parameter count for single-channel images,
+    measured by building it on the meta device (shapes without memory or initialisation).
+    Building imports timm, with torchvision under it: about 2 s more on 2 cores, so a plain
+    listing does not build."""
+    from bmdbench.backbones import BACKBONES  # imports torch: only for this listing
 
-    from bmdbench.backbones import backbone_names, build_backbone, count_parameters
+    headers = ["backbone", "description"]
+    rows = [
+        [name, next(iter((BACKBONES.get(name).__doc__ or "").strip().splitlines()), "")]
+        for name in BACKBONES
+    ]
+    if not sizes:
+        return headers, rows
+    import torch
 
-    rows = []
-    for name in backbone_names():
+    from bmdbench.backbones import build_backbone, count_parameters
+
+    for row in rows:
         with torch.device("meta"):
-            backbone = build_backbone(name)
-        parameters = count_parameters(backbone)
-        rows.append([name, str(backbone.embed_dim), f"{parameters / 1e6:.2f} M"])
-    return ["backbone", "embedding", "parameters"], rows
+            backbone = build_backbone(row[0])
+        row[1:1] = [str(backbone.embed_dim), f"{count_parameters(backbone) / 1e6:.2f} M"]
+    return ["backbone", "embedding", "parameters", "description"], rows
 
 
 def presets() -> Rows:
@@ -91,20 +100,14 @@ def presets() -> Rows:
     return ["preset", "description", "settings"], rows
 
 
-LISTINGS: dict[str, Callable[[], Rows]] = {
-    "methods": methods,
-    "backbones": backbones,
-    "presets": presets,
-}
-
-
-def show(listing: str, fmt: str | None, console: Console) -> None:
-    """Print one of :data:`LISTINGS` as ``fmt`` (one of :data:`FORMATS`; None: a table on
-    a terminal, else tab-separated). The format is checked before the rows are built."""
+def show(listing: Callable[[], Rows], fmt: str | None, console: Console) -> None:
+    """Print ``listing`` (:func:`methods`, :func:`backbones`, :func:`presets`) as ``fmt``
+    (one of :data:`FORMATS`; None: a table on a terminal, else tab-separated). The format
+    is checked before the rows are built."""
     fmt = fmt or ("table" if console.is_terminal else "tsv")
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r}", f"use one of: {', '.join(FORMATS)}")
-    headers, rows = LISTINGS[listing]()
+    headers, rows = listing()
     if fmt == "json":
         print(json.dumps([dict(zip(headers, row, strict=True)) for row in rows], indent=1))
     elif fmt == "tsv":

@@ -118,7 +118,9 @@ def test_names_and_method_settings_are_checked_by_the_registry(
 def test_a_listing_of_the_registries_imports_them() -> None:
     # the probe must see torch when a command does import it, or the tests above prove nothing
     assert "torch" in probe("list", "methods")[1]
-    assert set(probe("list", "backbones")[1]) == set(HEAVY)
+    # the names and descriptions come from the registry without timm; sizes build the networks
+    assert probe("list", "backbones")[1] == ["torch"]
+    assert set(probe("list", "backbones", "--sizes")[1]) == set(HEAVY)
 
 
 def _piped(*argv: str) -> str:
@@ -144,5 +146,8 @@ def test_piped_lists_keep_every_name_whole_and_json_parses():
     # the values a preset gives a method, as the method declares them
     assert rows[METHODS.names().index("atl")]["preset values"] == "quick: weight=0.05"
     rows = json.loads(_piped("list", "backbones", "--format", "json"))
+    assert [row["backbone"] for row in rows] == backbone_names()
+    assert rows[0]["description"].startswith("VGG-11 with batch norm")
+    rows = json.loads(_piped("list", "backbones", "--sizes", "--format", "json"))
     assert [row["backbone"] for row in rows] == backbone_names()
     assert {row["backbone"]: row["embedding"] for row in rows}["resnet50"] == "2048"
