@@ -204,9 +204,7 @@ class Trainer:
                         group["lr"] = lr
                     losses = self.step(method, batch, ctx, optimiser)
                     images_seen += len(batch.index)
-                    for key, value in losses.items():
-                        total = state.loss_sums.get(key, 0.0)
-                        state.loss_sums[key] = total + value.detach().float()
+                    accumulate(state.loss_sums, losses)
                     state.step_in_epoch = i + 1
                     fire.after_step(state)
                 method.on_epoch_end(ctx)
@@ -343,6 +341,17 @@ class Trainer:
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` in the memory format the networks are prepared in (channels_last on CUDA)."""
         return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
+
+
+@torch.no_grad()
+def accumulate(sums: dict[str, torch.Tensor], losses: dict[str, torch.Tensor]) -> None:
+    """Add a step's losses to their sums over the epoch, on the device, in place: one
+    multi-tensor add for all of them (a sum starts at zero, in fp32, the first time its loss
+    is seen), not two operations and a new tensor per loss and step."""
+    for key, value in losses.items():
+        if key not in sums:
+            sums[key] = torch.zeros_like(value, dtype=torch.float32)
+    torch._foreach_add_([sums[key] for key in losses], list(losses.values()))
 
 
 def lr_at(stage: StageConfig, step: int, steps_per_epoch: int) -> float:
