@@ -261,17 +261,9 @@ class Trainer:
     def context(
         self, method: Method, data: DataModule, stage: StageConfig, augment: BatchAugment
     ) -> FitContext:
-        """The FitContext of a stage: what ``method`` may ask of the Trainer and the data.
-
-        ``ctx.augment`` runs in fp32 even when called under autocast."""
-        augment = augment.to(self.device)
-
-        def augment_fp32(x: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(self.device.type, enabled=False):
-                return self.layout(augment(x.float()))
-
+        """The FitContext of a stage: what ``method`` may ask of the Trainer and the data."""
         return FitContext(
-            augment=augment_fp32,
+            augment=self.augmenter(augment),
             predict_pool=lambda predictor: self._predict_pool(method, data, predictor),
             pool_size=data.pool_size,
             n_labeled=data.n_labeled,
@@ -279,6 +271,17 @@ class Trainer:
             epochs=stage.epochs,
             steps_per_epoch=data.steps_per_epoch(stage.batch_size, method.stage == 2),
         )
+
+    def augmenter(self, augment: BatchAugment) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``ctx.augment``: ``augment`` on the device, in fp32 even when called under
+        autocast, its output in the networks' layout."""
+        augment = augment.to(self.device)
+
+        def augment_fp32(x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(self.device.type, enabled=False):
+                return self.layout(augment(x.float()))
+
+        return augment_fp32
 
     @torch.no_grad()
     def refresh_batch_norm(self, method: Method, data: DataModule) -> None:
