@@ -40,10 +40,19 @@ class BatchAugment(nn.Module):
         x = self.geometry(x)
         b = x.shape[0]
         shape = (b,) + (1,) * (x.ndim - 1)
-        brightness = (torch.rand(shape, device=x.device) * 2 - 1) * self.cfg.brightness
-        contrast = 1 + (torch.rand(shape, device=x.device) * 2 - 1) * self.cfg.contrast
+        # both numbers are drawn whatever the ranges, so later draws keep their place; a zero
+        # range makes its factor exactly 1 or its offset ±0 (added to a value that is never
+        # −0), which change no bit, so that arithmetic is left out (quick's case)
+        brightness = torch.rand(shape, device=x.device)
+        contrast = torch.rand(shape, device=x.device)
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
-        return (x - mean) * contrast + mean + brightness
+        out = x - mean
+        if self.cfg.contrast != 0:
+            out = out * (1 + (contrast * 2 - 1) * self.cfg.contrast)
+        out = out + mean
+        if self.cfg.brightness != 0:
+            out = out + (brightness * 2 - 1) * self.cfg.brightness
+        return out
 
 
 class RandomShift(nn.Module):

@@ -3,6 +3,8 @@ flip mirrors."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import kornia
 import kornia.augmentation as K
 import pytest
@@ -82,3 +84,21 @@ def test_the_flip_draws_and_flips_as_kornias_did():
         torch.manual_seed(0)
         ours, after_ours = RandomFlip(p)(x), torch.rand(3)
         assert torch.equal(ours, theirs) and torch.equal(after_ours, after_theirs)
+
+
+@pytest.mark.parametrize(
+    ("brightness", "contrast"), [(0.0, 0.0), (0.1, 0.0), (0.0, 0.2), (0.1, 0.2)]
+)
+def test_brightness_and_contrast_draw_and_compute_as_written_out(brightness, contrast):
+    # a zero range leaves its arithmetic out: the same bits, the same later random numbers
+    cfg = AugmentConfig(geometry="shift", translate=0.0, hflip=0.0)
+    cfg = replace(cfg, brightness=brightness, contrast=contrast)
+    x = torch.rand(8, 1, 16, 16)
+    torch.manual_seed(0)
+    ours, after_ours = BatchAugment(cfg)(x), torch.rand(3)
+    torch.manual_seed(0)
+    offset = (torch.rand(8, 1, 1, 1) * 2 - 1) * brightness
+    factor = 1 + (torch.rand(8, 1, 1, 1) * 2 - 1) * contrast
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    written_out, after = (x - mean) * factor + mean + offset, torch.rand(3)
+    assert torch.equal(ours, written_out) and torch.equal(after_ours, after)
