@@ -235,9 +235,9 @@ def paper_check(sizes: Sizes, out: Path, deadline: float) -> Row:
     stages = found["extrapolated_s"]
     total = sum(stages.values())
     measured = (
-        f"{total / 60:.1f} min extrapolated (stage 1 {stages['1'] / 60:.1f}, stage 2 "
-        f"{stages['2'] / 60:.1f}; from {found['epochs']} epochs in {found['seconds']:.0f} s); "
-        f"bmdbench's estimate: at least {found['estimate_s'] / 60:.1f} min"
+        f"{total / 60:.2f} min extrapolated (stage 1 {stages['1'] / 60:.2f}, stage 2 "
+        f"{stages['2'] / 60:.2f}; from {found['epochs']} epochs in {found['seconds']:.1f} s); "
+        f"bmdbench's estimate: at least {found['estimate_s'] / 60:.2f} min"
     )
     return Row(check, measured, "≤ 30 min", "ok" if total <= 30 * 60 else "below goal")
 
