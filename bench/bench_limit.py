@@ -22,17 +22,29 @@ the fits it is compared with; its row shows the mean of the two, the reference o
 (``bmdbench.runner.build_method``, default hyperparameters, the ``quick`` preset's
 schedules). Runs unchanged on CPU and CUDA (clocks are read after a synchronise).
 
+Then where each fit's time went, as shares of it: its steps at the limit's speed (the
+ratio itself), what augmenting the views adds (the limit measured again with the Trainer's
+augmentation), the batch-norm refresh and the validation after each epoch and ``proposed``'s
+pseudo-label refreshes (each timed alone, after the fit, on the fitted method), and the rest
+(batches, bookkeeping, hooks, and the noise of all these measurements). ``--profile N``
+prints the N operations of each timed fit with the most time of their own (torch.profiler).
+
     python bench/bench_limit.py --backbone vgg11_bn_se --size 32 [--batch 16] [--steps 20]
         [--device auto] [--amp auto] [--compile] [--train 512] [--unlabeled 512] [--epochs 1]
+        [--profile N] [--json FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
-from dataclasses import dataclass, replace
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from bmdbench.config import AugmentConfig, SplitConfig, StageConfig, SynthConfig
 from bmdbench.data.augment import BatchAugment
@@ -42,7 +54,7 @@ from bmdbench.data.synthetic import load_synthetic
 from bmdbench.methods import METHODS, Method
 from bmdbench.runner import build_method
 from bmdbench.spec import resolve
-from bmdbench.speed import Speed, measure_limit, resident_batch, step_flops
+from bmdbench.speed import Speed, measure_limit, now, resident_batch, step_flops
 from bmdbench.trainer import Trainer, resolve_device, seed_everything
 
 STAGE1 = ("baseline", "atl")
@@ -58,6 +70,23 @@ class Measured:
     warmup_s: float  # warm-up steps (a limit) or the warm-up fit (a Trainer)
     ratio: float | None = None  # images/s over its limit's
     note: str = ""
+    shares: dict[str, float] | None = None  # a Trainer fit: where its time went (PARTS)
+
+
+PARTS = ("steps", "augmentation", "precise BN", "validation", "pseudo labels", "rest")
+
+
+@dataclass(frozen=True)
+class Fitted:
+    """A timed Trainer fit and what it left: the method, its data, its stage."""
+
+    name: str
+    images_per_s: float
+    seconds: float
+    images: int
+    warmup_s: float
+    method: Method
+    summary: dict[str, float]
 
 
 def new_method(name: str, backbone: str) -> Method:
@@ -70,8 +99,9 @@ def limit(
 ) -> tuple[Speed, float]:
     """``name``'s limit, and the FLOPs per image of its step (counted once, uncompiled).
     A stage-2 batch holds ``stage.labeled_per_batch`` labeled images, as in a run."""
-    labeled = args.batch if METHODS.get(name).stage == 1 else stage.labeled_per_batch
-    batch = resident_batch(trainer, args.batch, (args.size, args.size), labeled)
+    batch = resident_batch(
+        trainer, args.batch, (args.size, args.size), labeled_of(name, args, stage)
+    )
     seed_everything(0)
     counter = Trainer(trainer.device, show_progress=False, amp=args.amp)
     flops = step_flops(counter, new_method(name, args.backbone), batch) / args.batch
@@ -82,9 +112,8 @@ def limit(
 
 def fitted(
     name: str, args: argparse.Namespace, trainer: Trainer, data: DataModule, stage: StageConfig
-) -> tuple[float, float, Method]:
-    """Images/s of ``Trainer.fit`` over ``args.epochs`` epochs after a one-epoch warm-up fit,
-    the warm-up's seconds, and the method (for its summary)."""
+) -> Fitted:
+    """``Trainer.fit`` over ``args.epochs`` epochs after a one-epoch warm-up fit."""
     seed_everything(0)
     method = new_method(name, args.backbone)
     augment = BatchAugment(augmentation(args))
@@ -92,8 +121,76 @@ def fitted(
     started = time.perf_counter()
     trainer.fit(method, data, replace(stage, epochs=1), augment, generator)
     warmup_s = time.perf_counter() - started
-    fit = trainer.fit(method, data, replace(stage, epochs=args.epochs), augment, generator)
-    return fit.images_seen / fit.train_seconds, warmup_s, method
+    with profiled(args, name):
+        fit = trainer.fit(method, data, replace(stage, epochs=args.epochs), augment, generator)
+    ips = fit.images_seen / fit.train_seconds
+    return Fitted(name, ips, fit.train_seconds, fit.images_seen, warmup_s, method, method.summary())
+
+
+def profiled(args: argparse.Namespace, name: str) -> AbstractContextManager[Any]:
+    """With ``--profile N``: torch.profiler around the block, its N operations with the most
+    time of their own printed after it."""
+    if not args.profile:
+        return nullcontext()
+    activities = [ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(ProfilerActivity.CUDA)
+
+    def show(prof: profile) -> None:
+        print(f"profile of the timed {name} fit:")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile))
+
+    return profile(activities=activities, on_trace_ready=show)
+
+
+def shares(
+    fit: Fitted,
+    limit_ips: float,
+    args: argparse.Namespace,
+    trainer: Trainer,
+    data: DataModule,
+    stage: StageConfig,
+) -> dict[str, float]:
+    """Where ``fit``'s time went (:data:`PARTS`), as shares of it: its images at the limit's
+    speed; the limit measured again with the Trainer's augmentation, less the limit; the
+    batch-norm refresh and the validation timed on the fitted method, once per epoch; one
+    prediction of the pool per pseudo-label refresh; the rest."""
+    batch = resident_batch(
+        trainer, args.batch, (args.size, args.size), labeled_of(fit.name, args, stage)
+    )
+    seed_everything(0)
+    augment = trainer.augmenter(BatchAugment(augmentation(args)))
+    with_augmentation = measure_limit(
+        trainer, new_method(fit.name, args.backbone), batch, args.steps, args.warmup, augment
+    )
+    method = fit.method
+    refresh = timed(trainer, lambda: trainer.refresh_batch_norm(method, data))
+    validation = timed(trainer, lambda: trainer.evaluate(method, data, "val"))
+    ctx = trainer.context(method, data, stage, BatchAugment(augmentation(args)))
+    pool = timed(trainer, lambda: ctx.predict_pool(lambda x: method.regressor(x)[1]))
+    steps = fit.images / limit_ips
+    seconds = {
+        "steps": steps,
+        "augmentation": fit.images / with_augmentation.images_per_s - steps,
+        "precise BN": args.epochs * refresh if trainer.precise_bn else 0.0,
+        "validation": args.epochs * validation,
+        "pseudo labels": fit.summary.get("pseudo_refreshes", 0.0) * pool,
+    }
+    seconds["rest"] = fit.seconds - sum(seconds.values())
+    return {part: value / fit.seconds for part, value in seconds.items()}
+
+
+def timed(trainer: Trainer, work: Any) -> float:
+    """Seconds of ``work()``, the clock read once the device has finished."""
+    started = now(trainer)
+    work()
+    return now(trainer) - started
+
+
+def labeled_of(name: str, args: argparse.Namespace, stage: StageConfig) -> int:
+    """Labeled images in a resident batch: all of a stage-1 batch, a stage-2 batch's
+    ``stage.labeled_per_batch``, as in a run."""
+    return args.batch if METHODS.get(name).stage == 1 else stage.labeled_per_batch
 
 
 def augmentation(args: argparse.Namespace) -> AugmentConfig:
@@ -116,6 +213,10 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=512, help="labeled training images")
     parser.add_argument("--unlabeled", type=int, default=512, help="unlabeled images (stage 2)")
     parser.add_argument("--epochs", type=int, default=1, help="timed epochs of each Trainer fit")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="print each timed fit's top N ops"
+    )
+    parser.add_argument("--json", default=None, metavar="FILE", help="also write the rows here")
     args = parser.parse_args()
     device = resolve_device(args.device)
     trainer = Trainer(device, show_progress=False, amp=args.amp, compile=args.compile)
@@ -133,12 +234,20 @@ def main() -> None:
     }
 
     header(args, trainer, data)
-    compare("baseline", STAGE1, "(a)  limit", "(b) ", args, trainer, data, stages[1])
+    rows = compare("baseline", STAGE1, "(a)  limit", "(b) ", args, trainer, data, stages[1])
     for name in STAGE2:
-        compare(name, (name,), f"(a′) {name} limit", "(c) ", args, trainer, data, stages[2])
+        rows += compare(name, (name,), f"(a′) {name} limit", "(c) ", args, trainer, data, stages[2])
     print(
         "ratio: (b) over (a), (c) over its (a′); achieved: the limit's FLOPs per image × images/s"
     )
+    print("\nwhere each Trainer fit's time went, shares of it (steps at the limit: the ratio):")
+    print(f"{'':24}" + "".join(f"{part:>15}" for part in PARTS))
+    for row in rows:
+        if row.shares is not None:
+            print(f"{row.label:24}" + "".join(f"{row.shares[p]:15.3f}" for p in PARTS))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"header": describe(args, trainer), "rows": [asdict(r) for r in rows]}, fh)
 
 
 def compare(
@@ -150,35 +259,51 @@ def compare(
     trainer: Trainer,
     data: DataModule,
     stage: StageConfig,
-) -> None:
+) -> list[Measured]:
     """The Trainer fits of ``fits`` against ``limit_of``'s limit, measured right before and
     right after them: the mean of the two is the reference, so a machine that speeds up or
-    slows down during the fits (another process, clock boost) biases no ratio."""
+    slows down during the fits (another process, clock boost) biases no ratio. Returns the
+    rows it printed."""
     before, flops = limit(limit_of, args, trainer, stage)
-    rows = []
-    for name in fits:
-        ips, warm, method = fitted(name, args, trainer, data, stage)
-        note = ", ".join(f"{k} {v:g}" for k, v in method.summary().items())
-        rows.append((name, ips, warm, note))
+    fits_done = [fitted(name, args, trainer, data, stage) for name in fits]
     after, _ = limit(limit_of, args, trainer, stage)
     reference = (before.images_per_s + after.images_per_s) / 2
     spread = f"before {before.images_per_s:.1f}, after {after.images_per_s:.1f}"
-    show(Measured(limit_label, reference, flops, before.warmup_s, note=spread))
-    for name, ips, warm, note in rows:
-        show(Measured(f"{fit_label} {name}", ips, flops, warm, ips / reference, note))
+    rows = [Measured(limit_label, reference, flops, before.warmup_s, note=spread)]
+    show(rows[0])
+    for fit in fits_done:
+        note = ", ".join(f"{k} {v:g}" for k, v in fit.summary.items())
+        parts = shares(fit, reference, args, trainer, data, stage)
+        row = Measured(
+            f"{fit_label} {fit.name}",
+            fit.images_per_s,
+            flops,
+            fit.warmup_s,
+            fit.images_per_s / reference,
+            note,
+            parts,
+        )
+        show(row)
+        rows.append(row)
+    return rows
 
 
-def header(args: argparse.Namespace, trainer: Trainer, data: DataModule) -> None:
+def describe(args: argparse.Namespace, trainer: Trainer) -> str:
+    """The machine and what is measured, in one line."""
     device = trainer.device
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
         name = f"cpu, {torch.get_num_threads()} threads"
-    print(
+    return (
         f"{name}; torch {torch.__version__}; {args.backbone} at {args.size} px, "
         f"batch {args.batch}, {'bf16 autocast' if trainer.mixed else 'fp32'}, "
         f"compile {'on' if args.compile else 'off'}, augmentation {augmentation(args).geometry}"
     )
+
+
+def header(args: argparse.Namespace, trainer: Trainer, data: DataModule) -> None:
+    print(describe(args, trainer))
     print(
         f"limits: {args.steps} steps after {args.warmup}; Trainer: {args.epochs} epoch(s) after "
         f"a warm-up epoch, {data.n_labeled} labeled + {data.pool_size - data.n_labeled} "

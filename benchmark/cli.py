@@ -208,8 +208,13 @@ def grid(
     set_: Sets = None,
     device: Device = "auto",
     workers: Annotated[
-        int, typer.Option("--workers", help="Worker processes on this machine.")
-    ] = 1,
+        str,
+        typer.Option(
+            "--workers",
+            help="Worker processes on this machine: a count, or auto (on a GPU as many as its "
+            "free memory holds, at most one per CPU core; on a CPU one per core).",
+        ),
+    ] = "1",
     storage: Storage = None,
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help="Run failed or diverged cells again.")
@@ -220,9 +225,10 @@ def grid(
     from bmdbench.dispatch import default_storage, open_storage
     from bmdbench.experiments import cells_for, parse_budgets
     from bmdbench.grid import make_plan, print_plan, run_grid
-    from bmdbench.options import check_positive, settings
+    from bmdbench.options import settings
+    from bmdbench.workers import auto_workers, parse_workers
 
-    check_positive("--workers", workers)
+    count = parse_workers(workers)
     store.check_out(out, "runs", "grids")
     base = _base(preset, data, unlabeled, device)
     sets = settings(set_, allow_overlap=allow_overlap)
@@ -231,8 +237,11 @@ def grid(
     plan = make_plan(cells, out)  # every cell checked as `bmdbench run` would
     url = storage or default_storage(out)
     open_storage(url)  # a bad URL or a missing driver: before the plan is shown
-    print_plan(out_console, plan)
-    counts = run_grid(plan, out, url, workers, retry_failed, out_console)
+    if count is None:
+        count, why = auto_workers(plan.cells)
+        out_console.print(f"--workers auto: {count} ({why})")
+    print_plan(out_console, plan, count)
+    counts = run_grid(plan, out, url, count, retry_failed, out_console)
     out_console.print(
         f"{counts.done} of {counts.cells} cells done, {counts.failed} failed; runs in {out / 'runs'}"
     )

@@ -29,6 +29,7 @@ from bmdbench.dispatch import IDLE_S, STORAGE_ENV, CellQueue, Counts
 from bmdbench.errors import BmdError, RunFailed
 from bmdbench.experiments import with_parents
 from bmdbench.spec import RunSpec
+from bmdbench.workers import makespan, threads_per_worker
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,8 @@ class Plan:
     cells: list[RunSpec]
     done: set[str]  # keys of cells with a finished (ok) run record
     stage1_reused: int  # stage-2 cells whose stage-1 checkpoint already exists
-    estimate_s: float | None  # time for the remaining cells, from earlier runs; None: unknown
+    # seconds of each remaining cell, as earlier runs here took; None: unknown
+    seconds: dict[str, float] | None
 
 
 def make_plan(cells: Sequence[RunSpec], out: Path) -> Plan:
@@ -51,8 +53,9 @@ def make_plan(cells: Sequence[RunSpec], out: Path) -> Plan:
     parents = {p.key for c in cells if (p := c.parent()) is not None}
     seconds = _typical_seconds(out)
     remaining = [c for c in cells if c.key not in done]
-    guesses = [seconds.get((c.preset, c.stage, c.backbone)) for c in remaining]
-    estimate = None if any(g is None for g in guesses) else float(sum(g or 0 for g in guesses))
+    guesses = {c.key: seconds.get((c.preset, c.stage, c.backbone)) for c in remaining}
+    known = {key: g for key, g in guesses.items() if g is not None}
+    estimate = known if len(known) == len(guesses) else None
     # a grid is its cells written to one output root (workers on several machines share it)
     name = "grid-" + stable_hash([str(out.resolve()), sorted(c.key for c in cells)])[:16]
     return Plan(name, cells, done, len(parents & done), estimate)
@@ -73,18 +76,24 @@ def _typical_seconds(out: Path) -> dict[tuple[str, int, str], float]:
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def print_plan(console: Console, plan: Plan) -> None:
+def print_plan(console: Console, plan: Plan, workers: int = 1) -> None:
     n = len(plan.cells)
     stage2 = sum(1 for c in plan.cells if c.stage == 2)
     console.print(
         f"grid [bold]{plan.name}[/]: {n} cells ({n - stage2} stage-1, {stage2} stage-2), "
         f"{len(plan.done)} already done, {plan.stage1_reused} stage-1 checkpoints reused"
     )
-    if plan.estimate_s is None:
+    if plan.seconds is None:
         console.print("estimated time: unknown until cells of this preset have run here")
+        return
+    one = makespan(plan.cells, plan.seconds, 1)
+    if workers == 1:
+        console.print(f"estimated time: {one / 60:.1f} min on one worker (from earlier runs)")
     else:
         console.print(
-            f"estimated time: {plan.estimate_s / 60:.1f} min on one worker (from earlier runs)"
+            f"estimated time: {makespan(plan.cells, plan.seconds, workers) / 60:.1f} min on "
+            f"{workers} workers, {one / 60:.1f} min on one (each cell as long as earlier runs "
+            "here took; stage-2 cells wait for their parents)"
         )
 
 
@@ -213,6 +222,7 @@ def _run_workers(
     # the URL travels in the environment, never on a command line that `ps` shows to all
     command = [sys.executable, "-m", "bmdbench.cli", "worker", "--study", name]
     environment = {**os.environ, STORAGE_ENV: storage}
+    environment.setdefault("OMP_NUM_THREADS", str(threads_per_worker(n)))  # n share the cores
     procs = []
     for i in range(n):
         with open(logs / f"{name}.worker{i}.log", "a") as log:

@@ -155,6 +155,15 @@ def paper_estimate(
     Three steps per stage: seconds on a GPU, far longer at 512 px on a CPU (where ``paper``
     itself would take weeks).
     """
+    return describe_estimate(
+        estimate_stages(cfg, out, images, split, device), resident_bytes(images, split)
+    )
+
+
+def estimate_stages(
+    cfg: RunConfig, out: Path, images: ImageSet, split: Split, device: torch.device
+) -> list[StageEstimate]:
+    """The stages :func:`paper_estimate` prices, each measured."""
     runs = [cfg]
     if cfg.parent is not None and not _finished(cfg.parent, out):
         runs.insert(0, cfg.parent)
@@ -173,7 +182,7 @@ def paper_estimate(
         speed = measure_limit(trainer, method, batch, PROBE_STEPS, PROBE_WARMUP)
         label = f"stage {method.stage} ({run.method})"
         stages.append(StageEstimate(label, stage_images(stage, pool), speed))
-    return describe_estimate(stages, resident_bytes(images, split))
+    return stages
 
 
 def _finished(cfg: RunConfig, out: Path) -> bool:

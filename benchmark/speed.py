@@ -53,9 +53,15 @@ def resident_batch(
     )
 
 
-def limit_context(trainer: Trainer, method: Method, batch: Batch) -> FitContext:
-    """A FitContext in which ``batch`` is the whole pool and augmentation is the identity,
-    with the method's stage-start and epoch-start hooks run once.
+def limit_context(
+    trainer: Trainer,
+    method: Method,
+    batch: Batch,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> FitContext:
+    """A FitContext in which ``batch`` is the whole pool and augmentation is the identity
+    (or ``augment``, a :meth:`Trainer.augmenter`), with the method's stage-start and
+    epoch-start hooks run once.
 
     The context reports a perfect validation, so a method that refreshes its pseudo labels
     when validation improves (``proposed``) does so once and then trains, as after its
@@ -73,7 +79,7 @@ def limit_context(trainer: Trainer, method: Method, batch: Batch) -> FitContext:
 
     n = len(batch.index)
     ctx = FitContext(
-        augment=lambda x: x,
+        augment=augment or (lambda x: x),
         predict_pool=predict_pool,
         pool_size=n,
         n_labeled=int(batch.labeled.sum()),
@@ -88,9 +94,17 @@ def limit_context(trainer: Trainer, method: Method, batch: Batch) -> FitContext:
     return ctx
 
 
-def measure_limit(trainer: Trainer, method: Method, batch: Batch, steps: int, warmup: int) -> Speed:
+def measure_limit(
+    trainer: Trainer,
+    method: Method,
+    batch: Batch,
+    steps: int,
+    warmup: int,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> Speed:
     """Images/s of ``method``'s training step on ``batch`` (see the module's docstring),
-    prepared for the trainer's device, with the Trainer's Adam.
+    prepared for the trainer's device, with the Trainer's Adam; with ``augment`` (a
+    :meth:`Trainer.augmenter`), the step augments its views as in a run.
 
     ``warmup`` steps run first and are timed apart (the first steps allocate memory, tune
     cuDNN and, with ``compile``, compile); then ``steps`` steps are timed, the clock read
@@ -98,16 +112,16 @@ def measure_limit(trainer: Trainer, method: Method, batch: Batch, steps: int, wa
     """
     method = trainer.prepare(method)
     optimiser = trainer.optimiser(method, StageConfig())
-    ctx = limit_context(trainer, method, batch)
+    ctx = limit_context(trainer, method, batch, augment)
     if trainer.cuda:
         torch.cuda.reset_peak_memory_stats(trainer.device)
-    started = _now(trainer)
+    started = now(trainer)
     for _ in range(warmup):
         trainer.step(method, batch, ctx, optimiser)
-    warmed = _now(trainer)
+    warmed = now(trainer)
     for _ in range(steps):
         trainer.step(method, batch, ctx, optimiser)
-    done = _now(trainer)
+    done = now(trainer)
     peak = torch.cuda.max_memory_allocated(trainer.device) if trainer.cuda else None
     return Speed(len(batch.index) * steps / (done - warmed), warmed - started, peak)
 
@@ -127,7 +141,7 @@ def step_flops(trainer: Trainer, method: Method, batch: Batch) -> int:
     return int(counter.get_total_flops())
 
 
-def _now(trainer: Trainer) -> float:
+def now(trainer: Trainer) -> float:
     """The clock, once the device has finished what was queued."""
     if trainer.cuda:
         torch.cuda.synchronize(trainer.device)

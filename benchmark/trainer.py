@@ -132,12 +132,16 @@ class Trainer:
         return method
 
     def optimiser(self, method: Method, stage: StageConfig) -> torch.optim.Optimizer:
-        """Adam over the method's trainable parameters (fused on CUDA)."""
+        """Adam over the method's trainable parameters: fused on CUDA; on a CPU the
+        multi-tensor implementation (torch's default there loops over the parameters in
+        Python: 7 % of the tiny network's step on one core; both give the same numbers to the
+        bit)."""
         return torch.optim.Adam(
             method.trainable_parameters(),
             lr=stage.lr,
             weight_decay=stage.weight_decay,
             fused=self.cuda or None,
+            foreach=None if self.cuda else True,
         )
 
     def step(
@@ -205,9 +209,7 @@ class Trainer:
                         group["lr"] = lr
                     losses = self.step(method, batch, ctx, optimiser)
                     images_seen += len(batch.index)
-                    for key, value in losses.items():
-                        total = state.loss_sums.get(key, 0.0)
-                        state.loss_sums[key] = total + value.detach().float()
+                    accumulate(state.loss_sums, losses)
                     state.step_in_epoch = i + 1
                     fire.after_step(state)
                 method.on_epoch_end(ctx)
@@ -261,17 +263,9 @@ class Trainer:
     def context(
         self, method: Method, data: DataModule, stage: StageConfig, augment: BatchAugment
     ) -> FitContext:
-        """The FitContext of a stage: what ``method`` may ask of the Trainer and the data.
-
-        ``ctx.augment`` runs in fp32 even when called under autocast."""
-        augment = augment.to(self.device)
-
-        def augment_fp32(x: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(self.device.type, enabled=False):
-                return self.layout(augment(x.float()))
-
+        """The FitContext of a stage: what ``method`` may ask of the Trainer and the data."""
         return FitContext(
-            augment=augment_fp32,
+            augment=self.augmenter(augment),
             predict_pool=lambda predictor: self._predict_pool(method, data, predictor),
             pool_size=data.pool_size,
             n_labeled=data.n_labeled,
@@ -279,6 +273,17 @@ class Trainer:
             epochs=stage.epochs,
             steps_per_epoch=data.steps_per_epoch(stage.batch_size, method.stage == 2),
         )
+
+    def augmenter(self, augment: BatchAugment) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``ctx.augment``: ``augment`` on the device, in fp32 even when called under
+        autocast, its output in the networks' layout."""
+        augment = augment.to(self.device)
+
+        def augment_fp32(x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast(self.device.type, enabled=False):
+                return self.layout(augment(x.float()))
+
+        return augment_fp32
 
     @torch.no_grad()
     def refresh_batch_norm(self, method: Method, data: DataModule) -> None:
@@ -344,6 +349,17 @@ class Trainer:
     def layout(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` in the memory format the networks are prepared in (channels_last on CUDA)."""
         return x.contiguous(memory_format=torch.channels_last) if self.cuda else x
+
+
+@torch.no_grad()
+def accumulate(sums: dict[str, torch.Tensor], losses: dict[str, torch.Tensor]) -> None:
+    """Add a step's losses to their sums over the epoch, on the device, in place: one
+    multi-tensor add for all of them (a sum starts at zero, in fp32, the first time its loss
+    is seen), not two operations and a new tensor per loss and step."""
+    for key, value in losses.items():
+        if key not in sums:
+            sums[key] = torch.zeros_like(value, dtype=torch.float32)
+    torch._foreach_add_([sums[key] for key in losses], list(losses.values()))
 
 
 def lr_at(stage: StageConfig, step: int, steps_per_epoch: int) -> float:

@@ -13,7 +13,6 @@ exp(−5(1−t)²).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, ClassVar
 
 import torch
@@ -168,10 +167,12 @@ class MeanTeacher(_Consistency):
         self.teacher = AveragedModel(regressor, use_buffers=True)
         self.teacher.update_parameters(regressor)
         self.teacher.requires_grad_(False)
+        self._ema_groups: list[tuple[list[torch.Tensor], list[torch.Tensor]]] | None = None
 
     def on_stage_start(self, ctx: FitContext) -> None:
         nan = torch.full((ctx.pool_size,), torch.nan, device=ctx.pool_targets.device)
         self.register_buffer("teacher_targets", nan, persistent=False)
+        self._ema_groups = None  # the tensors of the device the method now lies on
 
     def train(self, mode: bool = True) -> MeanTeacher:
         """The teacher always runs in eval mode (its batch-norm statistics are averaged too)."""
@@ -197,8 +198,29 @@ class MeanTeacher(_Consistency):
 
     @torch.no_grad()
     def after_step(self, ctx: FitContext) -> None:
-        self.teacher.multi_avg_fn = partial(ema_update, decay=self.ema_decay(ctx))
-        self.teacher.update_parameters(self.regressor)
+        """The teacher's EMA update, as ``AveragedModel.update_parameters`` makes it after its
+        first (weights and batch-norm statistics; ``n_averaged`` counted up), without its two
+        device-to-host reads of ``n_averaged`` and its regrouping of the tensors every step."""
+        if self._ema_groups is None:
+            self._ema_groups = self._group_for_ema()
+        decay = self.ema_decay(ctx)
+        for teacher, student in self._ema_groups:
+            ema_update(teacher, student, self.teacher.n_averaged, decay=decay)
+        self.teacher.n_averaged += 1
+
+    def _group_for_ema(self) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+        """The teacher's parameters and buffers beside the student's, grouped by dtype as
+        ``AveragedModel`` groups them. Gathered at the first step of a stage: moving the
+        method to its device (``Trainer.prepare``, before ``on_stage_start``) replaces the
+        buffers."""
+        teacher = [*self.teacher.module.parameters(), *self.teacher.module.buffers()]
+        student = [*self.regressor.parameters(), *self.regressor.buffers()]
+        groups: dict[torch.dtype, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        for t, s in zip(teacher, student, strict=True):
+            group = groups.setdefault(t.dtype, ([], []))
+            group[0].append(t)
+            group[1].append(s)
+        return list(groups.values())
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.teacher(x)[1]

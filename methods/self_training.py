@@ -44,6 +44,9 @@ class PseudoLabelTraining(Method):
     stage = 2
     unsupervised_terms: ClassVar[tuple[str, ...]] = ("mse_pseudo",)
     pseudo: torch.Tensor  # (pool_size,) loss-space targets: labels, pseudo labels, NaN for none
+    # whether every pool image has a (pseudo) label, read once per refresh (False: the mask
+    # of the images with one selects them, which is right in any case)
+    complete = False
 
     @classmethod
     def min_batch_size(cls, params: Any) -> tuple[int, str]:
@@ -58,12 +61,14 @@ class PseudoLabelTraining(Method):
     def on_stage_start(self, ctx: FitContext) -> None:
         """Start with labels only: unlabeled images have no pseudo label (NaN) yet."""
         self.register_buffer("pseudo", ctx.pool_targets.clone(), persistent=False)
+        self.complete = bool(torch.isfinite(self.pseudo).all())
 
     def refresh(self, ctx: FitContext) -> None:
         """Predict every pool image with the current regressor (eval mode, no augmentation)."""
         predictions = ctx.predict_pool(lambda x: self.regressor(x)[1])
         labeled = torch.isfinite(ctx.pool_targets)
         self.pseudo.copy_(torch.where(labeled, ctx.pool_targets, predictions))
+        self.complete = bool(torch.isfinite(self.pseudo).all())
 
     def supervised_terms(
         self, embedding: torch.Tensor, pred: torch.Tensor, batch: Batch
@@ -77,8 +82,11 @@ class PseudoLabelTraining(Method):
             "mse_pseudo": masked_mse(pred, targets, known & ~batch.labeled),
         }
         if self.params.weight > 0:
+            # the images with a target, by their positions once every pool image has one: the
+            # same selection, without the device-to-host copy a boolean mask costs on a GPU
+            rows = torch.arange(len(targets), device=targets.device) if self.complete else known
             terms["atl"] = batch_triplet_loss(
-                embedding[known], targets[known], self.params.margin, adaptive=True
+                embedding[rows], targets[rows], self.params.margin, adaptive=True
             )
         return terms
 

@@ -1,11 +1,17 @@
-"""The batched augmentation: whole-pixel shifts copy pixels, the affine warp resamples."""
+"""The batched augmentation: whole-pixel shifts copy pixels, the affine warp resamples, the
+flip mirrors."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import kornia
+import kornia.augmentation as K
+import pytest
 import torch
 
 from bmdbench.config import AugmentConfig
-from bmdbench.data.augment import BatchAugment, shift
+from bmdbench.data.augment import BatchAugment, RandomFlip, shift
 
 
 def test_a_shift_moves_whole_pixels_and_repeats_the_border():
@@ -55,3 +61,44 @@ def test_a_shifted_batch_has_the_standard_layout():
     x = torch.rand(4, 1, 8, 8)
     # a view whose strides also read as channels_last made CPU convolutions 20 % slower
     assert shift(x, 0.25).stride() == x.stride()
+
+
+def test_the_flip_mirrors_the_images_whose_number_falls_below_p():
+    x = torch.rand(64, 1, 8, 8)
+    torch.manual_seed(3)
+    flipped = torch.rand(64) < 0.3
+    torch.manual_seed(3)
+    y = RandomFlip(0.3)(x)
+    assert torch.equal(y[flipped], x[flipped].flip(-1))
+    assert torch.equal(y[~flipped], x[~flipped])
+    assert torch.equal(RandomFlip(0.0)(x), x) and torch.equal(RandomFlip(1.0)(x), x.flip(-1))
+
+
+@pytest.mark.skipif(not kornia.__version__.startswith("0.9"), reason="kornia 0.9's draws")
+def test_the_flip_draws_and_flips_as_kornias_did():
+    # runs published before the flip moved here used kornia's RandomHorizontalFlip
+    for p in (0.5, 0.3, 1.0, 0.0):
+        x = torch.rand(16, 1, 8, 8)
+        torch.manual_seed(0)
+        theirs, after_theirs = K.RandomHorizontalFlip(p=p)(x), torch.rand(3)
+        torch.manual_seed(0)
+        ours, after_ours = RandomFlip(p)(x), torch.rand(3)
+        assert torch.equal(ours, theirs) and torch.equal(after_ours, after_theirs)
+
+
+@pytest.mark.parametrize(
+    ("brightness", "contrast"), [(0.0, 0.0), (0.1, 0.0), (0.0, 0.2), (0.1, 0.2)]
+)
+def test_brightness_and_contrast_draw_and_compute_as_written_out(brightness, contrast):
+    # a zero range leaves its arithmetic out: the same bits, the same later random numbers
+    cfg = AugmentConfig(geometry="shift", translate=0.0, hflip=0.0)
+    cfg = replace(cfg, brightness=brightness, contrast=contrast)
+    x = torch.rand(8, 1, 16, 16)
+    torch.manual_seed(0)
+    ours, after_ours = BatchAugment(cfg)(x), torch.rand(3)
+    torch.manual_seed(0)
+    offset = (torch.rand(8, 1, 1, 1) * 2 - 1) * brightness
+    factor = 1 + (torch.rand(8, 1, 1, 1) * 2 - 1) * contrast
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    written_out, after = (x - mean) * factor + mean + offset, torch.rand(3)
+    assert torch.equal(ours, written_out) and torch.equal(after_ours, after)
