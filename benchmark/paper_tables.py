@@ -134,6 +134,7 @@ TABLES: dict[str, PaperTable] = {
             TableCell("RDA", "rda", control="Control"),
             TableCell("RankUp", "rankup", control="Control"),
             TableCell("RankUp + RDA", "rankup_rda", control="Control"),
+            TableCell("HPL", "hpl", control="Control"),
         ),
         reference="Baseline",
         layout="rows",
