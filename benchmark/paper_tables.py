@@ -135,6 +135,7 @@ TABLES: dict[str, PaperTable] = {
             TableCell("RankUp", "rankup", control="Control"),
             TableCell("RankUp + RDA", "rankup_rda", control="Control"),
             TableCell("HPL", "hpl", control="Control"),
+            TableCell("CLSS", "clss", control="Control"),
         ),
         reference="Baseline",
         layout="rows",
