@@ -24,7 +24,9 @@ from bmdbench.methods.hpl import (
 )
 from bmdbench.runner import execute
 from bmdbench.spec import resolve
+from bmdbench.speed import measure_limit, resident_batch
 from bmdbench.testing import make_imageset
+from bmdbench.trainer import Trainer
 
 NAN = float("nan")
 
@@ -189,3 +191,10 @@ def test_hpl_on_the_smoke_preset(tmp_path, monkeypatch):
     for key in ("mse", "unlabeled", "meta"):
         assert math.isfinite(epoch[f"loss_{key}"])
     assert np.isfinite(outcome.record.metrics["test"]["rmse"])
+
+
+def test_the_speed_probe_measures_hpl():
+    # the probe's context holds its batch as the training pool: the meta batch is drawn there
+    trainer = Trainer(torch.device("cpu"), show_progress=False)
+    batch = resident_batch(trainer, 8, (16, 16), 4)
+    assert measure_limit(trainer, tiny_method(), batch, 1, 0).images_per_s > 0
