@@ -272,6 +272,7 @@ class Trainer:
             pool_targets=data.pool_targets,
             epochs=stage.epochs,
             steps_per_epoch=data.steps_per_epoch(stage.batch_size, method.stage == 2),
+            pool_batch=data.batch,
         )
 
     def augmenter(self, augment: BatchAugment) -> Callable[[torch.Tensor], torch.Tensor]:

@@ -52,6 +52,13 @@ RegressorFactory = Callable[[], Regressor]
 """``new_regressor()``: a fresh :class:`Regressor` of the run's backbone (:meth:`Method.new_regressor`)."""
 
 
+def _no_pool_batch(index: torch.Tensor) -> Batch:
+    raise TypeError(
+        "this FitContext holds no training pool to draw images from: build it with "
+        "pool_batch=... (Trainer.context does)"
+    )
+
+
 @dataclass
 class FitContext:
     """What the Trainer tells a method while it trains (read-only for methods, except ``log``)."""
@@ -68,6 +75,9 @@ class FitContext:
     step: int = 0  # optimiser steps taken in this stage
     val: dict[str, float] = field(default_factory=dict)  # metrics of the current weights
     log: dict[str, float] = field(default_factory=dict)  # extra per-epoch values to log
+    pool_batch: Callable[[torch.Tensor], Batch] = _no_pool_batch
+    # ^ pool positions → those images, un-augmented, with their targets, for a method that draws
+    # images of its own beside the Trainer's batches (RankUp's labeled images for its ranking pairs)
 
     @property
     def progress(self) -> float:

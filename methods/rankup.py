@@ -8,14 +8,12 @@ the ARC of ``semilearn/algorithms/rankuprda/rankup_net.py``; defaults from
 The auxiliary ranking classifier (ARC) is a ``Linear(D, 2)`` on the regressor's embedding
 (xavier-normal weights, zero bias, as the authors initialise it). For an ordered pair (i, j)
 of images its logits are ``arc(f_i) − arc(f_j)`` (:func:`pair_logits`), class 0 meaning
-"y_i > y_j"; the pairs are all B² ordered pairs of a batch's images, i = j included, as in the
-authors' ``compute_rank_logits``. Labeled pairs are trained with cross-entropy against
-[(1 + sign(y_i − y_j))/2, (1 − sign(y_i − y_j))/2] (a tie, and so every i = j pair, is
-0.5/0.5: a constant log 2 with no gradient). Unlabeled pairs are trained FixMatch-style: the
-weak view's pair probabilities (no gradient) give a hard pseudo-label (argmax) where their
-maximum is ≥ τ, and the strong view's pair logits are trained on it with cross-entropy,
-averaged over all pairs (the unconfident ones count as zeros, as USB's masked mean). An
-i = j pair has probability 0.5 and is never confident. The losses::
+"y_i > y_j". Labeled pairs are trained with cross-entropy against
+[(1 + sign(y_i − y_j))/2, (1 − sign(y_i − y_j))/2] (a tie between two images is 0.5/0.5, as in
+the authors' code). Unlabeled pairs are trained FixMatch-style: the weak view's pair
+probabilities (no gradient) give a hard pseudo-label (argmax) where their maximum is ≥ τ,
+and the strong view's pair logits are trained on it with cross-entropy, averaged over all
+pairs (the unconfident ones count as zeros, as USB's masked mean). The losses::
 
     rankup:     loss = MSE_labeled + λ_arc · (CE_arc_labeled + w_u · CE_arc_unlabeled)
     rankup_rda: loss = MSE_labeled + w_rda · min(1, t / rampup) · MSE_rda
@@ -26,33 +24,52 @@ with the RDA term of :mod:`bmdbench.methods.rda` (on the weak view's prediction,
 pseudo-labels; their configs use hard labels (``hard_label: True``), where T has no effect,
 so it is not a parameter here.
 
-The strong view (:func:`strong_view`): USB's FixMatch strong augmentation is the weak one
+**The pairs.** The authors form all B² ordered pairs of their labeled batch (B = 32: 1,024
+pairs, 992 of two different images) and of their unlabeled batch (224 images), an image
+paired with itself included (a constant log 2 for a labeled pair, never confident for an
+unlabeled one). Here a pair of an image with itself never counts, labeled or unlabeled
+(:func:`distinct_pairs`, by pool position, so that an image drawn twice is caught too), and
+the labeled pairs are formed over ``arc_labeled_images`` = 32 labeled images per step: the
+two-stream batch's own ``stage2.labeled_per_batch`` (4) plus as many more drawn at random
+from the rest of the labeled pool (:func:`draw_labeled`, torch's global RNG, fewer if the
+pool has fewer), augmented and passed in the same forward pass as the batch: 32 · 31 = 992
+labeled pairs per step, the authors' number. The supervised MSE stays on the batch's own
+labeled images, as for every two-stream method; the drawn images serve the ranking loss
+only. The unlabeled pairs are those of the batch's unlabeled images (12 · 11 = 132 per step;
+the authors' 224 · 223 = 49,952). The fraction of unlabeled pairs whose weak-view confidence
+passes τ is logged per epoch (``arc_pass_rate`` in the epoch log) and over the stage (the run
+record's diagnostics).
+
+**The strong view** (:func:`strong_view`). USB's FixMatch strong augmentation is the weak one
 (crop, flip) plus RandAugment(3, 5) — three operations drawn with replacement from fourteen,
 each at a uniform random magnitude — plus a Cutout of up to half the image side, filled with
-gray. Built for RGB photographs; for grayscale radiographs this module keeps the
-RandAugment operations that act on one channel's intensity, with USB's magnitude ranges:
-identity, autocontrast, brightness (×[0.05, 0.95]), contrast (towards the mean,
-×[0.05, 0.95]), posterize (4–7 bits) and sharpness (blend with PIL's 3×3 smoothing filter,
-[0.05, 0.95]: a blur), then Cutout (side U[0, 0.5] of each axis, filled with 0.5). Left out:
-Color (a no-op on one channel), Invert, Solarize (reverse the intensity that carries the
-density being regressed), Equalize (a per-image histogram remap), and the geometric
-operations (rotate ±30°, shear ±0.3, translate ±0.3): the view's geometry is the run's own
-augmentation (``ctx.augment``, a fresh draw, as USB draws a fresh crop for the strong view),
-so the strong view differs from a weak one by intensity and occlusion, and the measured
-bone is not moved out of the frame. Operations and magnitudes are drawn per image from
-torch's global RNG (seeded by the Trainer), on the batch's device, in fp32; images stay in
-[0, 1] (the weak view is clipped to it first, as PIL's 8-bit images are).
+gray. The rule for a radiograph: a strong view may change what a different exposure, display
+or detector could have made of the same bone, and nothing else. In a radiograph the density
+is read from the image's structure and from how bright bone is *relative to* its surroundings
+(the phantoms carry BMD in cortical thickness and trabecular pattern; exposure — gain, offset,
+gamma — varies per image and is unrelated to it), not from the absolute grey level. So kept,
+with USB's magnitude ranges: identity; the order-preserving intensity maps — autocontrast,
+brightness (×[0.05, 0.95]), contrast (towards the mean, ×[0.05, 0.95]), posterize (4–7 bits),
+equalize (PIL's per-image histogram equalisation), each a monotone increasing remap of the
+grey levels, as exposure and display are; sharpness (blend with PIL's 3×3 smoothing filter,
+[0.05, 0.95]: a blur, as the detector's); then Cutout (side U[0, 0.5] of each axis, filled
+with 0.5). Left out: Invert and Solarize, which reverse the grey-level order (bone darker than
+soft tissue), which no acquisition produces; Color (a no-op on one channel); and the
+geometric operations (rotate ±30°, shear ±0.3, translate ±0.3): the view's geometry is the
+run's own augmentation (``ctx.augment``, a fresh draw, as USB draws a fresh crop for the
+strong view), so the measured bone is not moved out of the frame. Operations and magnitudes
+are drawn per image from torch's global RNG (seeded by the Trainer), on the batch's device, in
+fp32; images stay in [0, 1] (the weak view is clipped to it first, as PIL's 8-bit images are).
 
 Decisions where the paper and code were silent or do not carry over:
 
 - A stage-2 method: the regressor starts from a stage-1 checkpoint, the ARC from scratch.
-- The weak view of the whole batch (labeled and unlabeled) is one forward pass; the strong
-  view is made and predicted for the unlabeled images only, as in USB. Batch norm is updated
-  by both passes (USB freezes its statistics during the weak unlabeled pass).
-- Labeled and unlabeled pairs are formed within the batch's labeled and unlabeled images
-  respectively (``stage2.labeled_per_batch`` labeled images: 16 labeled and 144 unlabeled
-  pairs in a batch of 4 + 12). USB's unlabeled set also holds the labeled images
-  (``include_lb_to_ulb``); here it is the unlabeled pool only.
+- The weak view of the whole batch (labeled and unlabeled) and of the drawn labeled images is
+  one forward pass; the strong view is made and predicted for the unlabeled images only, as
+  in USB. Batch norm is updated by both passes (USB freezes its statistics during the weak
+  unlabeled pass).
+- USB's unlabeled set also holds the labeled images (``include_lb_to_ulb``); here it is the
+  unlabeled pool only.
 - The supervised regression term is bmdbench's MSE (the authors' UTKFace configs use L1);
   the method evaluates its network, not USB's EMA of the weights.
 - The ARC head and every loss run in fp32, outside autocast.
@@ -60,6 +77,7 @@ Decisions where the paper and code were silent or do not carry over:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -102,6 +120,23 @@ def pair_targets(targets: torch.Tensor) -> torch.Tensor:
     [(1 + sign(y_i − y_j))/2, (1 − sign(y_i − y_j))/2]; a tie (and i = j) is [0.5, 0.5]."""
     first_larger = ((1 + torch.sign(targets[:, None] - targets[None, :])) / 2).flatten()
     return torch.stack([first_larger, 1 - first_larger], dim=1)
+
+
+def distinct_pairs(index: torch.Tensor) -> torch.Tensor:
+    """Pool positions (B,) → mask (B·B,) of the ordered pairs, rows as :func:`pair_logits` orders
+    them, of two different images: a pair of an image with itself never counts."""
+    return (index[:, None] != index[None, :]).flatten()
+
+
+def draw_labeled(n_labeled: int, taken: torch.Tensor, count: int) -> torch.Tensor:
+    """``count`` labeled pool positions (of 0 … ``n_labeled`` − 1) drawn without replacement
+    from torch's global RNG, none of them in ``taken``; fewer if fewer are left, none if
+    ``count`` ≤ 0."""
+    free = torch.ones(n_labeled, dtype=torch.bool, device=taken.device)
+    free[taken] = False
+    candidates = free.nonzero().squeeze(1)
+    order = torch.randperm(len(candidates), device=taken.device)
+    return candidates[order[: max(count, 0)]]
 
 
 def soft_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor) -> torch.Tensor:
@@ -160,6 +195,21 @@ def _posterize(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return ((x * 255).floor() / step).floor() * step / 255
 
 
+def _equalize(x: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+    """PIL's ``ImageOps.equalize`` per image on the 8-bit levels floor(255·x): with h the
+    histogram, ``step = (Σh − h[last non-empty level]) // 255``, level i maps to
+    ``(step // 2 + Σ_{k<i} h[k]) // step`` (at most 255); an image with step 0 is unchanged."""
+    levels = (x * 255).floor().clamp(0, 255).long().flatten(1)  # (B, C·H·W)
+    hist = torch.zeros(levels.shape[0], 256, dtype=torch.long, device=x.device)
+    hist.scatter_add_(1, levels, torch.ones_like(levels))
+    last = torch.where(hist > 0, torch.arange(256, device=x.device), 0).amax(dim=1, keepdim=True)
+    step = (hist.sum(dim=1, keepdim=True) - hist.gather(1, last)) // 255
+    below = hist.cumsum(dim=1) - hist
+    lut = ((step // 2 + below) // step.clamp(min=1)).clamp(max=255)
+    out = (lut.gather(1, levels).to(x.dtype) / 255).view_as(x)
+    return torch.where(_per_image(step.squeeze(1) > 0, x), out, x)
+
+
 _SMOOTH = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13
 
 
@@ -176,6 +226,7 @@ _OPS: tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], ...] = (
     _brightness,
     _contrast,
     _posterize,
+    _equalize,
     _sharpness,
 )
 
@@ -230,6 +281,42 @@ class RankUpParams:
     arc_unlabeled_weight: float = field(default=1.0, metadata=at_least(0))
     # τ: a weak-view pair probability ≥ τ makes a pseudo-label (p_cutoff)
     threshold: float = field(default=0.95, metadata=between(0, 1))
+    # labeled images whose pairs train the ARC per step: the batch's own and as many more
+    # drawn from the labeled pool (the authors' labeled batch, batch_size 32: 992 pairs)
+    arc_labeled_images: int = field(default=32, metadata=at_least(0))
+
+
+class PassRate:
+    """How many unlabeled pairs' weak-view confidence passes τ: per epoch and over the stage.
+    Counted on the device (no synchronisation per step) and read once per epoch."""
+
+    def __init__(self) -> None:
+        self.epoch_passed: torch.Tensor | float = 0.0
+        self.epoch_pairs = 0
+        self.passed = 0.0
+        self.pairs = 0
+
+    def add(self, mask: torch.Tensor) -> None:
+        """Count a step's confidence mask (N,) of unlabeled pairs."""
+        self.epoch_passed = self.epoch_passed + mask.sum()
+        self.epoch_pairs += mask.numel()
+
+    def epoch_end(self, ctx: FitContext) -> None:
+        """Log the epoch's pass rate (``arc_pass_rate``), add it to the stage's, start anew."""
+        passed = float(self.epoch_passed)
+        ctx.log["arc_pass_rate"] = _ratio(passed, self.epoch_pairs)
+        self.passed += passed
+        self.pairs += self.epoch_pairs
+        self.epoch_passed, self.epoch_pairs = 0.0, 0
+
+    @property
+    def rate(self) -> float:
+        """The stage's pass rate so far (NaN before any pair)."""
+        return _ratio(self.passed, self.pairs)
+
+
+def _ratio(part: float, whole: int) -> float:
+    return part / whole if whole else math.nan
 
 
 class _RankUp(Method):
@@ -246,6 +333,7 @@ class _RankUp(Method):
         self.arc = nn.Linear(regressor.head.in_features, 2)
         nn.init.xavier_normal_(self.arc.weight)
         nn.init.zeros_(self.arc.bias)
+        self.pass_rate = PassRate()
 
     def arc_scores(self, embedding: torch.Tensor) -> torch.Tensor:
         """The ARC's two outputs per image (B, 2), in fp32."""
@@ -255,29 +343,46 @@ class _RankUp(Method):
     def rankup_terms(
         self, batch: Batch, ctx: FitContext
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The weak view's prediction (B,) and the losses: MSE, the ARC's labeled and
-        unlabeled terms, and the fraction of unlabeled pairs that are confident."""
-        embedding, pred = self.regressor(ctx.augment(batch.images))
+        """The weak view's prediction of the batch (B,) and the losses: MSE, the ARC's labeled
+        and unlabeled terms (module docstring: the pairs)."""
         labeled, unlabeled = batch.labeled, ~batch.labeled
-        scores = self.arc_scores(embedding)
+        own = batch.index[labeled]
+        drawn = draw_labeled(ctx.n_labeled, own, self.params.arc_labeled_images - len(own))
+        images = batch.images
+        if len(drawn):
+            images = torch.cat([images, ctx.pool_batch(drawn).images])
+        embedding, pred = self.regressor(ctx.augment(images))
+        n = len(batch.index)
+        pred, scores = pred[:n], self.arc_scores(embedding)
+        ranked = torch.cat([own, drawn])
+        pairs = distinct_pairs(ranked)
         arc_labeled = soft_cross_entropy(
-            pair_logits(scores[labeled]), pair_targets(batch.targets[labeled])
+            pair_logits(torch.cat([scores[:n][labeled], scores[n:]]))[pairs],
+            pair_targets(ctx.pool_targets[ranked])[pairs],
         )
+        pairs = distinct_pairs(batch.index[unlabeled])
         labels, mask = confident_pseudo_labels(
-            pair_logits(scores[unlabeled]), self.params.threshold
+            pair_logits(scores[:n][unlabeled])[pairs], self.params.threshold
         )
+        self.pass_rate.add(mask)
         if bool(unlabeled.any()):
             strong_embedding, _ = self.regressor(strong_view(batch.images[unlabeled], ctx.augment))
-            strong_logits = pair_logits(self.arc_scores(strong_embedding))
+            strong_logits = pair_logits(self.arc_scores(strong_embedding))[pairs]
         else:
-            strong_logits = pair_logits(scores[unlabeled])
+            strong_logits = pair_logits(scores[:n][unlabeled])
         terms = {
             "mse": masked_mse(pred, batch.targets, labeled),
             "arc_labeled": arc_labeled,
             "arc_unlabeled": masked_cross_entropy(strong_logits, labels, mask),
-            "arc_confident": mask.mean() if mask.numel() else mask.sum(),
         }
         return pred, terms
+
+    def on_epoch_end(self, ctx: FitContext) -> None:
+        self.pass_rate.epoch_end(ctx)
+
+    def summary(self) -> dict[str, float]:
+        """The stage's fraction of unlabeled pairs that passed τ."""
+        return {"arc_pass_rate": self.pass_rate.rate}
 
     def arc_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         p = self.params
@@ -347,4 +452,4 @@ class RankUpRDA(_RankUp):
         return self.bank.aligned
 
     def summary(self) -> dict[str, float]:
-        return {"rda_refreshes": float(self.bank.refreshes)}
+        return {**super().summary(), "rda_refreshes": float(self.bank.refreshes)}

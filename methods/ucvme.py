@@ -44,13 +44,23 @@ Decisions where the paper and the code leave a choice to this benchmark:
   one pass (batch norm over both), where the authors pass a labeled and an unlabeled batch
   separately; bmdbench's other two-stream methods do the same. One augmentation per image,
   seen by both networks, as in both codes.
-- **The second network starts as a copy of the stage-1 checkpoint**, mean head included: in the
-  authors' code both networks start from the same (ImageNet) weights, and a fresh network
-  would spend stage 2's short budget catching up with the stage-1 model while the evaluated
-  ensemble mean averages its poor predictions in. The copies still diverge from the first
-  step: each draws its own dropout masks, and their log-variance heads are initialised
-  separately (random), so the two networks' variance predictions, and through them the
-  gradients reaching each backbone, differ.
+- **Both backbones start from the stage-1 checkpoint; the second network's heads start fresh**
+  (``second_heads = "independent"``, the default). In the authors' code both backbones start
+  from the same (ImageNet) weights and every head (``fc_m``, ``fc_v``) is initialised
+  independently, which is what makes the two networks disagree and their co-training and
+  ensembling do something. Here the stage-1 checkpoint plays the pretrained weights' part: the
+  first network is that checkpoint (its trained mean head included, as every stage-2 method
+  fine-tunes it), the second its backbone under a mean head of PyTorch's default ``Linear``
+  initialisation (the authors' ``nn.Linear``), and each log-variance head is fresh. The
+  evaluated ensemble mean thus starts as the stage-1 prediction averaged with a fresh head's
+  (epoch 0, a selection candidate: its R is near stage 1's, a fresh head's predictions varying
+  little). ``second_heads = "copy"`` copies the whole stage-1 regressor, mean head included
+  (the earlier bmdbench choice): the two networks then differ only by their dropout masks and
+  log-variance heads, and share the averaged variance in their labeled losses, so they stay
+  nearly identical. Measured on the phantoms (quick, vgg11_bn_se, seeds 0–4, validation R):
+  no reliable difference (selected checkpoint: independent − copy −0.010 on average, paired
+  t −1.2; last epoch −0.019, t −1.0, two seeds of five favouring independent), so the
+  authors' initialisation stays.
 - **No Monte-Carlo average at test time.** The authors predict with the mean of T = 5 dropout
   samples of both models. With dropout on the embedding only and a linear mean head,
   E_mask[μ(drop(e))] = μ(e) exactly (inverted dropout scales the kept units by 1/(1−p)), so
@@ -71,7 +81,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from bmdbench.config import at_least, from_up_to
+from bmdbench.config import at_least, from_up_to, one_of
 from bmdbench.data.module import Batch
 from bmdbench.methods.base import (
     METHODS,
@@ -95,6 +105,9 @@ class UCVMEParams:
     samples: int = field(default=5, metadata=at_least(1))
     # dropout rate on the embedding before the mean and log-variance heads (--drp_p)
     dropout: float = field(default=0.05, metadata=from_up_to(0, 1))
+    # the second network's mean head: "independent" (freshly initialised, as the authors' heads)
+    # or "copy" (the stage-1 head); its backbone is the stage-1 one either way
+    second_heads: str = field(default="independent", metadata=one_of("independent", "copy"))
 
 
 def heteroscedastic_loss(
@@ -158,8 +171,12 @@ class UCVME(Method):
         new_regressor: RegressorFactory | None = None,
     ) -> None:
         super().__init__(regressor, params, new_regressor)
+        # both backbones from the stage-1 checkpoint; the mean head fresh or copied (docstring)
         self.second = self.new_regressor()
-        self.second.load_state_dict(regressor.state_dict())  # see the module docstring
+        if params.second_heads == "copy":
+            self.second.load_state_dict(regressor.state_dict())
+        else:
+            self.second.backbone.load_state_dict(regressor.backbone.state_dict())
         dim = regressor.head.in_features
         # s_k: the log-variance head of network k (self.regressor, then self.second)
         self.log_variance = nn.ModuleList([nn.Linear(dim, 1), nn.Linear(dim, 1)])

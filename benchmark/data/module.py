@@ -93,10 +93,11 @@ class DataModule:
             index = order[start : start + batch_size]
             if len(index) < 2:
                 break
-            yield self._batch(index)
+            yield self.batch(index)
 
-    def _batch(self, index: torch.Tensor) -> Batch:
-        """The pool images at ``index`` with their loss-space targets."""
+    def batch(self, index: torch.Tensor) -> Batch:
+        """The pool images at ``index`` (pool positions, on the device), un-augmented, with their
+        loss-space targets."""
         targets = self.pool_targets[index]
         return Batch(
             images=self.to_float(self._pool_images[index]),
@@ -125,7 +126,7 @@ class DataModule:
         unlabeled = unlabeled.view(steps, -1).to(self.device)
         for step in range(steps):
             index = torch.cat([labeled[step], unlabeled[step]])
-            yield self._batch(index)
+            yield self.batch(index)
 
     def labeled_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         """One stage-2 epoch of labeled images only: as many steps as one pass over the whole
@@ -135,7 +136,7 @@ class DataModule:
         size = min(batch_size, self.n_labeled)
         order = _stream(self.n_labeled, size * steps, generator).view(steps, size)
         for index in order.to(self.device):
-            yield self._batch(index)
+            yield self.batch(index)
 
     def steps_per_epoch(self, batch_size: int, with_unlabeled: bool) -> int:
         return steps_per_epoch(self.pool_size if with_unlabeled else self.n_labeled, batch_size)

@@ -117,8 +117,21 @@ def test_pseudo_labels_without_dropout_are_the_two_networks_mean():
     assert torch.allclose(pseudo_log_var, expected_log_var)
 
 
-def test_second_network_starts_as_a_copy_with_its_own_variance_head():
-    method = build()
+def test_second_network_shares_the_backbone_weights_and_has_fresh_heads():
+    method = build()  # second_heads = "independent", the authors' initialisation
+    first, second = method.regressor, method.second
+    for name, value in first.backbone.state_dict().items():
+        assert torch.equal(value, second.backbone.state_dict()[name]), name
+    assert not torch.equal(first.head.weight, second.head.weight)
+    # the fresh mean head is nn.Linear's default: weights within ±1/√D
+    bound = 1 / math.sqrt(second.head.in_features)
+    assert second.head.weight.abs().max() <= bound and second.head.bias.abs().max() <= bound
+    assert not torch.equal(method.log_variance[0].weight, method.log_variance[1].weight)
+    assert second.backbone.parameters().__next__() is not first.backbone.parameters().__next__()
+
+
+def test_second_heads_copy_copies_the_whole_stage1_regressor():
+    method = build(second_heads="copy")
     for name, value in method.regressor.state_dict().items():
         assert torch.equal(value, method.second.state_dict()[name]), name
     first, second = method.log_variance
