@@ -12,7 +12,8 @@ from rich.console import Console
 
 from bmdbench import cli, trainer, workers
 from bmdbench.errors import ConfigError
-from bmdbench.grid import Plan, custom_cells, print_plan, with_parents
+from bmdbench.experiments import custom_cells, with_parents
+from bmdbench.grid import Plan, print_plan
 from bmdbench.spec import RunSpec
 
 GIB = 2**30
