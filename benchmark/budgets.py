@@ -13,10 +13,17 @@ bands, the ceiling as a dashed line).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from bmdbench.errors import DataError
 from bmdbench.experiments import (
@@ -26,7 +33,14 @@ from bmdbench.experiments import (
     control_of,
     methods_with_reference,
 )
-from bmdbench.rendering import csv_table, data_name, format_cells, write_frame, write_text
+from bmdbench.rendering import (
+    csv_table,
+    data_name,
+    file_stem,
+    format_cells,
+    write_frame,
+    write_text,
+)
 from bmdbench.results import cell_runs, load_runs
 from bmdbench.spec import RunSpec
 from bmdbench.statistics import N_RESAMPLES, table_stats
@@ -79,24 +93,35 @@ def _n_labeled(frame: pd.DataFrame) -> float:
     return float(sizes[0]) if len(sizes) == 1 else np.nan
 
 
-def publish(
-    out: Path,
+@dataclass(frozen=True)
+class BudgetTable:
+    """A label-budget curve's table: ``frame`` (strings in ``style``), its ``title`` and
+    ``footer``, the ``tidy`` statistics behind it and the targets' ``unit``."""
+
+    frame: pd.DataFrame
+    title: str
+    footer: str
+    tidy: pd.DataFrame
+    unit: str
+
+
+def budget_table(
+    runs: pd.DataFrame,
     methods: Sequence[str],
     budgets: Sequence[float],
     sets: dict[str, str],
     base: RunSpec,
-    formats: Sequence[str],
-) -> list[Path]:
-    """``bmdbench table labels``: the table in each of ``formats`` (``out/tables/labels.*``;
-    the CSV is the tidy form) and the figure (``out/figures/labels.{png,pdf}``)."""
-    runs = load_runs(out)
+    style: str = "md",
+) -> BudgetTable:
+    """The table of a label-budget grid from ``runs``; a grid none of whose runs is there is
+    a :class:`DataError`."""
     tidy = budget_stats(runs, methods, budgets, sets, base)
     if tidy["seeds"].sum() == 0:
         raise DataError(
             "no finished run of this label-budget grid is in the store",
             "run bmdbench grid labels with the same options first (and the same --out)",
         )
-    frame = format_cells(tidy, REFERENCE, "md")
+    frame = format_cells(tidy, REFERENCE, style)
     frame.index = pd.Index(
         [f"{b} · {m}" for b, m in zip(tidy["budget"], tidy["method"], strict=True)],
         name="labels · method",
@@ -116,23 +141,43 @@ def publish(
         "Measured with bmdbench grid labels."
     )
     title = "Test R by number of labeled training images (mean ± SD over seeds)"
+    return BudgetTable(frame, title, footer, tidy, unit)
+
+
+def publish(
+    out: Path,
+    methods: Sequence[str],
+    budgets: Sequence[float],
+    sets: dict[str, str],
+    base: RunSpec,
+    formats: Sequence[str],
+) -> list[Path]:
+    """``bmdbench table labels``: the table in each of ``formats`` (``out/tables/labels.*``,
+    ``labels-<data>.*`` on a manifest; the CSV is the tidy form) and the figure
+    (``out/figures/`` under the same name, png and pdf)."""
+    table = budget_table(load_runs(out), methods, budgets, sets, base)
+    stem = file_stem("labels", base.data)
     tables = out / "tables"
     written = [
-        write_frame(frame, title, footer, "labels", f, tables) for f in formats if f != "csv"
+        write_frame(table.frame, table.title, table.footer, stem, f, tables)
+        for f in formats
+        if f != "csv"
     ]
     if "csv" in formats:  # the tidy form, for scripts
-        written.append(write_text(csv_table(tidy, footer), "labels", "csv", tables))
-    return written + plot_budgets(tidy, out / "figures", unit)
+        written.append(write_text(csv_table(table.tidy, table.footer), stem, "csv", tables))
+    figure = budget_figure(table.tidy, table.unit)
+    folder = out / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    for ext in ("png", "pdf"):
+        figure.savefig(folder / f"{stem}.{ext}", dpi=150)
+        written.append(folder / f"{stem}.{ext}")
+    plt.close(figure)
+    return written
 
 
-def plot_budgets(tidy: pd.DataFrame, folder: Path, unit: str) -> list[Path]:
+def budget_figure(tidy: pd.DataFrame, unit: str) -> Figure:
     """R and RMSE against the number of labels (log x), one line per method with its 95 % CI
     band; the ceiling (every label) as a dashed line with its band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     curves = tidy[tidy["budget"] != CEILING]
     ceiling = tidy[tidy["budget"] == CEILING].iloc[0]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -156,11 +201,4 @@ def plot_budgets(tidy: pd.DataFrame, folder: Path, unit: str) -> list[Path]:
         ax.set_ylabel(label + (f" ({unit})" if metric == "rmse" and unit else ""))
     axes[0].legend(fontsize=8)
     figure.tight_layout()
-    folder.mkdir(parents=True, exist_ok=True)
-    written = []
-    for ext in ("png", "pdf"):
-        path = folder / f"labels.{ext}"
-        figure.savefig(path, dpi=150)
-        written.append(path)
-    plt.close(figure)
-    return written
+    return figure

@@ -1,5 +1,5 @@
-"""How a report looks: numbers as text, Markdown, LaTeX, CSV and terminal tables, and the
-files they are written to.
+"""How a report looks: numbers as text, Markdown, LaTeX, CSV, HTML and terminal tables, and
+the files they are written to.
 
 The reports (:mod:`bmdbench.tables`, :mod:`bmdbench.budgets`, the comparison of tuned
 methods in :mod:`bmdbench.tune`) say what a table holds; this module alone says how it is
@@ -10,6 +10,7 @@ table's files, so that every report prints the same numbers the same way.
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +30,25 @@ def data_name(source: str) -> str:
     return source if source == "synthetic" else Path(source).name
 
 
+def file_stem(table: str, source: str) -> str:
+    """A table's file name without extension: ``table`` on the embedded phantoms, and
+    ``table-<data>`` on a manifest, <data> its file's stem (its folder's name for a file
+    called ``manifest.csv``), so that one results folder holds the tables of several
+    datasets side by side."""
+    if source == "synthetic":
+        return table
+    path = Path(source)
+    return f"{table}-{path.parent.name if path.stem == 'manifest' else path.stem}"
+
+
 def format_number(value: float | None, spec: str) -> str:
     """A number in ``spec`` (``".4f"``); "—" for none."""
     return "—" if value is None or np.isnan(value) else format(value, spec)
 
 
-BOLD = {"md": "**{}**", "latex": "\\textbf{{{}}}", "rich": "[bold]{}[/]"}
-DAGGER = {"md": "†", "latex": "\\dag{}", "rich": "†"}
+# html: markers that html_table turns into <strong> after escaping the cell's text
+BOLD = {"md": "**{}**", "latex": "\\textbf{{{}}}", "rich": "[bold]{}[/]", "html": "\x02{}\x03"}
+DAGGER = {"md": "†", "latex": "\\dag{}", "rich": "†", "html": "†"}
 
 
 def format_mean_sd(mean: float, sd: float, style: str, digits: int = 4) -> str:
@@ -150,6 +163,27 @@ def latex_table(frame: pd.DataFrame, title: str, footer: str, label: str) -> str
     end = "\\end{table}"
     assert body.count(end) == 1
     return body.replace(end, notes + end)
+
+
+def html_table(frame: pd.DataFrame, title: str, footer: str) -> str:
+    """A titled HTML table (cells formatted in the ``html`` style, escaped here; the index
+    as the first column, column levels joined), then each footer line as a paragraph."""
+
+    def cell(text: object, tag: str) -> str:
+        escaped = html.escape(str(text)).replace("\x02", "<strong>").replace("\x03", "</strong>")
+        return f"<{tag}>{escaped}</{tag}>"
+
+    names = [" ".join(c) if isinstance(c, tuple) else str(c) for c in frame.columns]
+    head = "".join(cell(n, "th") for n in [frame.index.name or "", *names])
+    body = "".join(
+        "<tr>" + cell(label, "th") + "".join(cell(v, "td") for v in row) + "</tr>"
+        for label, row in frame.iterrows()
+    )
+    notes = "".join(f"<p class='footer'>{html.escape(line)}</p>" for line in footer.splitlines())
+    return (
+        f"<div class='scroll'><table><caption>{html.escape(title)}</caption>"
+        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>{notes}"
+    )
 
 
 def csv_table(frame: pd.DataFrame, footer: str) -> str:

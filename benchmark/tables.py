@@ -42,6 +42,7 @@ from bmdbench.rendering import (
     FORMATS,
     csv_table,
     data_name,
+    file_stem,
     format_cells,
     format_number,
     latex_table,
@@ -279,7 +280,8 @@ def _pairing_lines(tidy: pd.DataFrame, table: PaperTable) -> list[str]:
 
 
 def display_frame(data: TableData, style: str) -> pd.DataFrame:
-    """The table in the paper's layout, as strings; ``style`` (md | latex | rich) sets the bold."""
+    """The table in the paper's layout, as strings; ``style`` (md | latex | rich | html) sets
+    the bold."""
     tidy = data.tidy
     groups = tidy["group"]
     ref = data.table.reference
@@ -326,29 +328,24 @@ def to_csv(data: TableData) -> str:
     return csv_table(data.tidy, data.footer)
 
 
-def write(data: TableData, fmt: str, folder: Path) -> Path:
-    """Write one format of the table to ``folder/<table>.<ext>`` (atomically)."""
+def write(data: TableData, fmt: str, folder: Path, source: str = "synthetic") -> Path:
+    """Write one format of the table to ``folder/<stem>.<ext>`` (atomically); the stem names
+    the data beside the table (:func:`bmdbench.rendering.file_stem`)."""
     text = {"md": to_markdown, "latex": to_latex, "csv": to_csv}[fmt](data)
-    return write_text(text, data.table.name, fmt, folder)
+    return write_text(text, file_stem(data.table.name, source), fmt, folder)
 
 
-def publish(
+def table_data(
     names: str,
-    out: Path,
+    runs: pd.DataFrame,
     base: RunSpec,
     backbones: Sequence[str],
     sets: dict[str, str],
-    formats: Sequence[str],
-    console: Console,
-) -> list[Path]:
-    """``bmdbench table``: each paper table of ``names`` (table1..table4, all) from the runs
-    under ``out``, its cells named as ``bmdbench grid`` names them
-    (:func:`bmdbench.experiments.cells_for` from ``base``, ``backbones`` and ``sets``),
-    printed and written to ``out/tables`` in each of ``formats``."""
-    if unknown := [f for f in formats if f not in FORMATS]:
-        raise ConfigError(f"unknown format {unknown[0]!r}", f"use one of: {', '.join(FORMATS)}")
-    runs = load_runs(out)
-    written = []
+) -> list[TableData]:
+    """Each paper table of ``names`` (table1..table4, all, sota) from ``runs``, its cells
+    named as ``bmdbench grid`` names them (:func:`bmdbench.experiments.cells_for` from
+    ``base``, ``backbones`` and ``sets``). A table none of whose cells has a run warns."""
+    tables = []
     for paper_table in select(names):
         signatures = {}
         members = METHOD_TABLES if paper_table.name in METHOD_TABLES else (paper_table.name,)
@@ -360,13 +357,31 @@ def publish(
         mine = [signatures[tc] for tc in paper_table.cells]
         if len(runs) and cell_runs(runs, mine).empty:
             warnings.warn(
-                f"none of the {len(runs)} runs under {out / 'runs'} is in a cell of "
+                f"none of the {len(runs)} runs in the store is in a cell of "
                 f"{paper_table.name}: give `bmdbench table` the --preset, --data (spelled as "
                 "the grid got it), --set and --backbones the grid ran with",
                 BmdWarning,
                 stacklevel=2,
             )
-        data = build(paper_table, runs, signatures)
-        console.print(rich_table(display_frame(data, "rich"), paper_table.title, data.footer))
-        written += [write(data, f, out / "tables") for f in formats]
+        tables.append(build(paper_table, runs, signatures))
+    return tables
+
+
+def publish(
+    names: str,
+    out: Path,
+    base: RunSpec,
+    backbones: Sequence[str],
+    sets: dict[str, str],
+    formats: Sequence[str],
+    console: Console,
+) -> list[Path]:
+    """``bmdbench table``: each paper table of ``names`` from the runs under ``out``
+    (:func:`table_data`), printed and written to ``out/tables`` in each of ``formats``."""
+    if unknown := [f for f in formats if f not in FORMATS]:
+        raise ConfigError(f"unknown format {unknown[0]!r}", f"use one of: {', '.join(FORMATS)}")
+    written = []
+    for data in table_data(names, load_runs(out), base, backbones, sets):
+        console.print(rich_table(display_frame(data, "rich"), data.table.title, data.footer))
+        written += [write(data, f, out / "tables", base.data) for f in formats]
     return written

@@ -313,7 +313,7 @@ def test_a_table_that_finds_none_of_the_stores_runs_warns(table4_runs):
     from bmdbench.tables import publish
 
     quiet = Console(file=io.StringIO())
-    with pytest.warns(UserWarning, match="none of the 24 runs under .* is in a cell of table4"):
+    with pytest.warns(UserWarning, match="none of the 24 runs in the store is in a cell of table4"):
         publish("table4", table4_runs, BASE, ["tiny"], {"split.seed": "5"}, ["md"], quiet)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the grid's own options find its runs: no warning
