@@ -223,7 +223,7 @@ def grid(
 ) -> None:
     """Run the cells of a paper table (or a custom grid); resumes where it stopped."""
     from bmdbench.dispatch import default_storage, open_storage
-    from bmdbench.experiments import cells_for, parse_budgets
+    from bmdbench.experiments import Request, parse_budgets
     from bmdbench.grid import make_plan, print_plan, run_grid
     from bmdbench.options import settings
     from bmdbench.workers import auto_workers, parse_workers
@@ -231,10 +231,20 @@ def grid(
     count = parse_workers(workers)
     store.check_out(out, "runs", "grids")
     base = _base(preset, data, unlabeled, device)
-    sets = settings(set_, allow_overlap=allow_overlap)
-    budgets = parse_budgets(n_labeled) if n_labeled is not None else []
-    cells = cells_for(table, _names(methods), _names(backbones), seeds, sets, base, budgets)
+    request = Request(
+        table,
+        tuple(_names(methods)),
+        tuple(_names(backbones)),
+        seeds,
+        settings(set_, allow_overlap=allow_overlap),
+        tuple(parse_budgets(n_labeled) if n_labeled is not None else ()),
+        base.preset,
+        data,
+        unlabeled,
+    )
+    cells = [replace(cell, device=device) for cell in request.cells()]
     plan = make_plan(cells, out)  # every cell checked as `bmdbench run` would
+    request.write(out, plan.name)  # what bmdbench report reads
     url = storage or default_storage(out)
     open_storage(url)  # a bad URL or a missing driver: before the plan is shown
     if count is None:
@@ -429,6 +439,17 @@ def plot(
     store.check_out(folder)
     for path in plot_run(run_dir, folder):
         print(path)
+
+
+@app.command()
+def report(out: Out = Path("results")) -> None:
+    """One self-contained HTML page of the store under OUT (OUT/report.html): every table its
+    grids fill, a forest plot of the gains over the controls, label-budget and learning
+    curves, failed runs, and where the numbers come from."""
+    from bmdbench.report import write_report
+
+    store.check_out(out, "runs")
+    print(write_report(out))
 
 
 ListFormat = Annotated[

@@ -11,8 +11,10 @@ what runs them.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 from bmdbench.errors import ConfigError
 from bmdbench.options import check_positive
@@ -145,6 +147,8 @@ TABLES: dict[str, PaperTable] = {
             TableCell("RDA", "rda", control="Control"),
             TableCell("RankUp", "rankup", control="Control"),
             TableCell("RankUp + RDA", "rankup_rda", control="Control"),
+            TableCell("HPL", "hpl", control="Control"),
+            TableCell("CLSS", "clss", control="Control"),
         ),
         reference="Baseline",
         layout="rows",
@@ -363,3 +367,65 @@ def with_parents(cells: Sequence[RunSpec]) -> list[RunSpec]:
             stage1.setdefault(parent.key, parent)
             stage2.setdefault(cell.key, cell)
     return [*stage1.values(), *stage2.values()]
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a ``bmdbench grid`` was asked for: enough to name its cells again
+    (:meth:`cells`) and so to report it (``bmdbench report`` reads every request of a store).
+    Written beside the grid's event log, ``OUT/grids/<grid>.request.json``."""
+
+    table: str | None  # table1..table4, all, sota, labels; None: a custom grid
+    methods: tuple[str, ...]
+    backbones: tuple[str, ...]
+    seeds: int
+    sets: dict[str, str] = field(default_factory=dict)
+    budgets: tuple[float, ...] = ()
+    preset: str = "quick"
+    data: str = "synthetic"
+    unlabeled: str | None = None
+
+    @property
+    def base(self) -> RunSpec:
+        """The spec the cells start from (method and backbone set per cell)."""
+        return RunSpec("", "", self.preset, self.data, self.unlabeled, 0, "auto")
+
+    def cells(self) -> list[RunSpec]:
+        return cells_for(
+            self.table,
+            self.methods,
+            self.backbones,
+            self.seeds,
+            self.sets,
+            self.base,
+            self.budgets,
+        )
+
+    def write(self, out: Path, grid: str) -> None:
+        path = request_path(out, grid)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=1) + "\n")
+
+
+def request_path(out: Path, grid: str) -> Path:
+    return out / "grids" / f"{grid}.request.json"
+
+
+def read_requests(out: Path) -> list[Request]:
+    """Every grid request under ``out/grids``, oldest first, each once (a grid run again
+    with the same options writes the same request)."""
+    paths = sorted((out / "grids").glob("*.request.json"), key=lambda p: p.stat().st_mtime)
+    requests: list[Request] = []
+    for path in paths:
+        raw = json.loads(path.read_text())
+        request = Request(
+            **{
+                **raw,
+                "methods": tuple(raw["methods"]),
+                "backbones": tuple(raw["backbones"]),
+                "budgets": tuple(raw["budgets"]),
+            }
+        )
+        if request not in requests:
+            requests.append(request)
+    return requests
