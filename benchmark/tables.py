@@ -193,6 +193,8 @@ def _footer(
         _power_line(tidy, table),
         *_pairing_lines(tidy, table),
     ]
+    if table.name in METHOD_TABLES and (line := _hyperparameters_line(runs, table)):
+        lines.append(line)
     kept = tidy["stage2"] & (tidy["n_selected_stage1"] == tidy["seeds"]) & (tidy["seeds"] > 0)
     if kept.any():
         lines.append(
@@ -206,6 +208,25 @@ def _footer(
             f"the same loss on raw targets, σ = {sd:.4g} the SD of the labeled training targets."
         )
     return "\n".join(lines)
+
+
+def _hyperparameters_line(runs: pd.DataFrame, table: PaperTable) -> str:
+    """Each method's hyperparameters as its runs in the table had them (``hp.*``; the stage-1
+    parent left out), so that a reader sees which of a method's published values ran, e.g.
+    UCVME's unlabeled weight, 10 (its authors') or 0.05 (pm25's port)."""
+    parts = []
+    for method in dict.fromkeys(tc.method for tc in table.cells):
+        mine = runs[runs["method"] == method]
+        values = []
+        for column in sorted(c for c in mine.columns if str(c).startswith("hp.")):
+            if column == "hp.stage1" or mine[column].isna().all():
+                continue
+            seen = {f"{v:g}" if isinstance(v, float) else str(v) for v in mine[column].dropna()}
+            values.append(f"{column[3:]}={seen.pop() if len(seen) == 1 else 'varied'}")
+        if values:
+            label = next(tc.label for tc in table.cells if tc.method == method)
+            parts.append(f"{label}: {', '.join(values)}")
+    return "Hyperparameters as run: " + "; ".join(parts) + "." if parts else ""
 
 
 def _short_sha(sha: str) -> str:

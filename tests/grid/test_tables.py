@@ -198,6 +198,10 @@ def test_markdown_and_csv_carry_the_statistics(table4_runs):
     assert shown.loc["Proposed", "refreshes"] == "2.0" and shown.loc["SSL", "refreshes"] == ""
     for line in ("Power (80 %", "Holm family 'methods'", "† every seed kept", "B = 2000"):
         assert line in md and line in to_csv(data)
+    # the hyperparameters each method's runs had, stage-1 parents left out
+    hyper = next(line for line in data.footer.splitlines() if line.startswith("Hyperparameters"))
+    assert "Baseline + ATL: margin=0.5, weight=0.5;" in hyper and "stage1" not in hyper
+    assert hyper.endswith("Proposed: consistency_weight=1, margin=0.5, weight=0.5.")
 
 
 def test_the_holm_family_spans_the_methods_tables(tmp_path):
@@ -226,9 +230,9 @@ def test_the_holm_family_spans_the_methods_tables(tmp_path):
     assert len(set(p.values())) == 1 and not np.isnan(p["table2"])
     ci = {t: found[t].loc["Proposed", "r_ci_low"] for t in found}
     assert len(set(ci.values())) == 1
-    # the family: Table 2's 4 + Table 4's SSL, SSL + ATL, w/o consistency + sota's 5 later ones
+    # the family: Table 2's 4 + Table 4's SSL, SSL + ATL, w/o consistency + sota's 7 later ones
     tested = found["sota"]["control_p"].notna().sum()
-    assert tested == 9 and "12 against controls" in _build(tmp_path, "table4").footer
+    assert tested == 11 and "14 against controls" in _build(tmp_path, "table4").footer
 
 
 def test_bold_only_where_holm_says_significant(tmp_path):
