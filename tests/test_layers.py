@@ -22,7 +22,7 @@ EXECUTION = {"grid", "dispatch", "runner", "trainer", "hooks", "speed", "tune", 
 """What runs experiments: grid workers and their queue, the runner, the training loop, its
 hooks, searches, and the method checker's training."""
 
-REPORTS = ("tables", "budgets", "plots")
+REPORTS = ("tables", "budgets", "plots", "report")
 
 
 def _modules() -> dict[str, Path]:
