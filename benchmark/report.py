@@ -267,7 +267,7 @@ def page(title: str, lead: str, sections: Sequence[Section]) -> str:
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+        f"<title>{html.escape(title)}</title><style>{' '.join(CSS.split())}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><p class='lead'>{html.escape(lead)}</p>"
         f"<nav><ul>{nav}</ul></nav>{body}</body></html>"
     )
