@@ -244,13 +244,13 @@ def grid(
     )
     cells = [replace(cell, device=device) for cell in request.cells()]
     plan = make_plan(cells, out)  # every cell checked as `bmdbench run` would
-    request.write(out, plan.name)  # what bmdbench report reads
     url = storage or default_storage(out)
     open_storage(url)  # a bad URL or a missing driver: before the plan is shown
     if count is None:
         count, why = auto_workers(plan.cells)
         out_console.print(f"--workers auto: {count} ({why})")
     print_plan(out_console, plan, count)
+    request.write(out, plan.name)  # what bmdbench report reads; every check has passed
     counts = run_grid(plan, out, url, count, retry_failed, out_console)
     out_console.print(
         f"{counts.done} of {counts.cells} cells done, {counts.failed} failed; runs in {out / 'runs'}"

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from bmdbench import store
 from bmdbench.errors import ConfigError
 from bmdbench.options import check_positive
 from bmdbench.spec import RunSpec, check_names
@@ -402,9 +403,7 @@ class Request:
         )
 
     def write(self, out: Path, grid: str) -> None:
-        path = request_path(out, grid)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self), indent=1) + "\n")
+        store.write_text(request_path(out, grid), json.dumps(asdict(self), indent=1) + "\n")
 
 
 def request_path(out: Path, grid: str) -> Path:
