@@ -69,6 +69,7 @@ def test_label_budgets_on_a_bone_age_manifest(tmp_path):
         assert record.metrics["test"]["rmse"] > 5
     assert len(held_out) == 1  # the same validation and test images at every budget
     bmdbench("table", "labels", *options)
-    assert (out / "figures" / "labels.png").exists()
-    tidy = pd.read_csv(out / "tables" / "labels.csv", comment="#")
+    # named after the manifest's folder, beside any other dataset's curve
+    assert (out / "figures" / "labels-hands.png").exists()
+    tidy = pd.read_csv(out / "tables" / "labels-hands.csv", comment="#")
     assert list(tidy["n_labeled"]) == [16, 16, 16, 24, 24, 24, 40]
