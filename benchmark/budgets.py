@@ -151,11 +151,13 @@ def publish(
     sets: dict[str, str],
     base: RunSpec,
     formats: Sequence[str],
+    unit: str = "",
 ) -> list[Path]:
     """``bmdbench table labels``: the table in each of ``formats`` (``out/tables/labels.*``,
     ``labels-<data>.*`` on a manifest; the CSV is the tidy form) and the figure
-    (``out/figures/`` under the same name, png and pdf)."""
-    table = budget_table(load_runs(out), methods, budgets, sets, base)
+    (``out/figures/`` under the same name, png and pdf); ``unit`` as in
+    :func:`bmdbench.results.load_runs`."""
+    table = budget_table(load_runs(out, unit), methods, budgets, sets, base)
     stem = file_stem("labels", base.data)
     tables = out / "tables"
     written = [

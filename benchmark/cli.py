@@ -93,6 +93,13 @@ Budgets = Annotated[
         "--n-labeled", help="With labels: comma-separated label budgets (e.g. 50,100,200)."
     ),
 ]
+Unit = Annotated[
+    str,
+    typer.Option(
+        "--unit",
+        help="The targets' unit (e.g. months) for runs whose manifest has no unit column.",
+    ),
+]
 AllowOverlap = Annotated[
     bool,
     typer.Option(
@@ -307,6 +314,7 @@ def table(
         str | None, typer.Option("--methods", help="With 'labels': the grid's methods.")
     ] = None,
     n_labeled: Budgets = None,
+    unit: Unit = "",
 ) -> None:
     """Print a paper table (or a study's trials: tune --study NAME) from the runs under OUT
     and write OUT/tables/<table>.<ext>; 'labels' also writes OUT/figures/labels.{png,pdf}."""
@@ -332,7 +340,7 @@ def table(
         base = _base(preset, data, unlabeled, "auto")
         cells = cells_for("labels", _names(methods), _names(backbones), 1, sets, base, chosen)
         base = replace(base, backbone=cells[0].backbone)
-        paths = budgets.publish(out, _names(methods), chosen, sets, base, formats)
+        paths = budgets.publish(out, _names(methods), chosen, sets, base, formats, unit)
     elif name == "tune":
         from bmdbench.tune import export_study
 
@@ -340,7 +348,7 @@ def table(
     else:
         base = _base(preset, data, unlabeled, "auto")
         paths = publish(
-            name, out, base, _names(backbones), parse_set(set_ or []), formats, out_console
+            name, out, base, _names(backbones), parse_set(set_ or []), formats, out_console, unit
         )
     for path in paths:
         print(path)
@@ -442,14 +450,14 @@ def plot(
 
 
 @app.command()
-def report(out: Out = Path("results")) -> None:
+def report(out: Out = Path("results"), unit: Unit = "") -> None:
     """One self-contained HTML page of the store under OUT (OUT/report.html): every table its
     grids fill, a forest plot of the gains over the controls, label-budget and learning
     curves, failed runs, and where the numbers come from."""
     from bmdbench.report import write_report
 
     store.check_out(out, "runs")
-    print(write_report(out))
+    print(write_report(out, unit))
 
 
 ListFormat = Annotated[

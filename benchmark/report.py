@@ -280,9 +280,10 @@ def _dataset(runs: pd.DataFrame, request: Request) -> str:
     return dataset_label(request.data, fingerprint)
 
 
-def build(out: Path) -> str:
-    """The report's HTML for the store under ``out``."""
-    runs = load_runs(out)
+def build(out: Path, unit: str = "") -> str:
+    """The report's HTML for the store under ``out`` (``unit`` as in
+    :func:`bmdbench.results.load_runs`)."""
+    runs = load_runs(out, unit)
     requests = read_requests(out)
     if runs.empty or not requests:
         raise ConfigError(
@@ -348,8 +349,8 @@ def build(out: Path) -> str:
     return page(f"bmdbench report: {out.name}", lead, sections)
 
 
-def write_report(out: Path) -> Path:
+def write_report(out: Path, unit: str = "") -> Path:
     """``bmdbench report``: ``out/report.html`` (written atomically)."""
     path = out / "report.html"
-    store.write_text(path, build(out))
+    store.write_text(path, build(out, unit))
     return path

@@ -24,8 +24,11 @@ from bmdbench.metrics import METRIC_KEYS
 from bmdbench.record import RunRecord
 
 
-def load_runs(out: str | Path) -> pd.DataFrame:
+def load_runs(out: str | Path, unit: str = "") -> pd.DataFrame:
     """One row per complete run under ``out/runs``: identity, config, metrics, status, timings.
+
+    ``unit`` names the targets' unit of the runs whose records name none (their manifest
+    had no ``unit`` column: ``bmdbench table --unit months``); a record's own unit stays.
 
     Columns: name, run_dir, method, backbone, preset, seed, status, error,
     config_hash, cell (:func:`bmdbench.identity.signature`), data_source, data_fingerprint,
@@ -59,7 +62,7 @@ def load_runs(out: str | Path) -> pd.DataFrame:
             "target_norm": config.get("target_norm", "none"),
             "target_mean": data.target_mean,
             "target_sd": data.target_sd,
-            "unit": data.unit,
+            "unit": data.unit or unit,
             "n_train": data.sizes.get("train", np.nan),
             "parent_run": record.parent_run,
             "selected_epoch": record.selected_epoch,

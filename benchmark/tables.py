@@ -396,13 +396,15 @@ def publish(
     sets: dict[str, str],
     formats: Sequence[str],
     console: Console,
+    unit: str = "",
 ) -> list[Path]:
     """``bmdbench table``: each paper table of ``names`` from the runs under ``out``
-    (:func:`table_data`), printed and written to ``out/tables`` in each of ``formats``."""
+    (:func:`table_data`), printed and written to ``out/tables`` in each of ``formats``;
+    ``unit`` as in :func:`bmdbench.results.load_runs`."""
     if unknown := [f for f in formats if f not in FORMATS]:
         raise ConfigError(f"unknown format {unknown[0]!r}", f"use one of: {', '.join(FORMATS)}")
     written = []
-    for data in table_data(names, load_runs(out), base, backbones, sets):
+    for data in table_data(names, load_runs(out, unit), base, backbones, sets):
         console.print(rich_table(display_frame(data, "rich"), data.table.title, data.footer))
         written += [write(data, f, out / "tables", base.data) for f in formats]
     return written

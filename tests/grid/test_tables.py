@@ -296,6 +296,16 @@ def test_paper_values_only_beside_bmd_and_data_named_by_file(tmp_path):
     assert "/home/someone" not in md + to_latex(built) + to_csv(built)
 
 
+def test_a_unit_for_a_manifest_without_one(tmp_path):
+    write_runs(tmp_path, "table2", 3, unit="")
+    unnamed = _build(tmp_path, "table2")
+    assert "the unit the manifest does not name" in unnamed.footer
+    named = build(TABLES["table2"], load_runs(tmp_path, "months"), signatures("table2"))
+    assert "targets in months" in named.footer and named.tidy["paper_r"].isna().all()
+    write_runs(tmp_path / "bmd", "table2", 3)  # a record's own unit stays
+    assert set(load_runs(tmp_path / "bmd", "months")["unit"]) == {"g/cm²"}
+
+
 def test_five_seeds_with_the_data_draw_redrawn(tmp_path):
     sets = {"split.redraw": "true"}
     write_runs(tmp_path, "table2", 5, sets=sets)
