@@ -130,8 +130,11 @@ def budget_table(
         runs["cell"].isin([s.signature for s in budget_cells(methods, budgets, 1, sets, base)])
     ]
     unit = str(used["unit"].iloc[0]) if len(used) else ""
+    fingerprint = str(used["data_fingerprint"].iloc[0])[:12] if len(used) else ""
     footer = (
-        f"Data {data_name(base.data)}, preset {base.preset}, up to {int(tidy['seeds'].max())} "
+        f"Data {data_name(base.data)} (data {fingerprint}; targets in "
+        f"{unit or 'the unit the manifest does not name'}), preset {base.preset}, up to "
+        f"{int(tidy['seeds'].max())} "
         "seeds per cell; 'all': the baseline with every labeled training image. CIs and p: "
         "per-seed values with a two-level standard error (seeds, and test patients by a "
         f"bootstrap over patients, B = {N_RESAMPLES}), Student's t with n − 1 degrees of "

@@ -85,5 +85,6 @@ def test_grid_then_table_and_figure_on_smoke(tmp_path):
     assert tidy.loc[[0, 2, 3, 5, 6], "control_delta"].isna().all()
     markdown = (tmp_path / "tables" / "labels.md").read_text()
     assert "| 12 · pi_model" in markdown and "| all · baseline" in markdown
+    assert "Data synthetic (data " in markdown and "targets in g/cm²" in markdown
     assert (tmp_path / "tables" / "labels.tex").exists()
     assert {p.name for p in (tmp_path / "figures").iterdir()} == {"labels.png", "labels.pdf"}
