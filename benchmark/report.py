@@ -37,6 +37,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from PIL import Image
 
 from bmdbench import store
 from bmdbench.budgets import budget_figure, budget_table
@@ -92,12 +93,16 @@ def dataset_label(source: str, fingerprint: str) -> str:
 
 
 def figure_html(fig: Figure, caption: str) -> str:
-    """The figure as an inline PNG (the figure is closed)."""
-    buffer = io.BytesIO()
+    """The figure as an inline PNG of at most 256 colours (the figure is closed): plots
+    need no more, and the page stays a few hundred KiB."""
+    rendered, buffer = io.BytesIO(), io.BytesIO()
     try:
-        fig.savefig(buffer, format="png", dpi=110)
+        fig.savefig(rendered, format="png", dpi=110)
     finally:
         plt.close(fig)
+    rendered.seek(0)
+    with Image.open(rendered) as image:
+        image.convert("RGB").quantize(256).save(buffer, format="png", optimize=True)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
     text = html.escape(caption)
     return (
