@@ -36,6 +36,7 @@ from bmdbench.experiments import (
 from bmdbench.rendering import (
     csv_table,
     data_name,
+    data_words,
     file_stem,
     format_cells,
     write_frame,
@@ -130,11 +131,10 @@ def budget_table(
         runs["cell"].isin([s.signature for s in budget_cells(methods, budgets, 1, sets, base)])
     ]
     unit = str(used["unit"].iloc[0]) if len(used) else ""
-    fingerprint = str(used["data_fingerprint"].iloc[0])[:12] if len(used) else ""
+    fingerprint = str(used["data_fingerprint"].iloc[0]) if len(used) else ""
     footer = (
-        f"Data {data_name(base.data)} (data {fingerprint}; targets in "
-        f"{unit or 'the unit the manifest does not name'}), preset {base.preset}, up to "
-        f"{int(tidy['seeds'].max())} "
+        f"Data {data_name(base.data)} ({data_words(fingerprint, unit)}), preset {base.preset}, "
+        f"up to {int(tidy['seeds'].max())} "
         "seeds per cell; 'all': the baseline with every labeled training image. CIs and p: "
         "per-seed values with a two-level standard error (seeds, and test patients by a "
         f"bootstrap over patients, B = {N_RESAMPLES}), Student's t with n − 1 degrees of "

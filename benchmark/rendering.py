@@ -30,6 +30,11 @@ def data_name(source: str) -> str:
     return source if source == "synthetic" else Path(source).name
 
 
+def data_words(fingerprint: str, unit: str) -> str:
+    """What a footer says of the data beside its name: fingerprint and the targets' unit."""
+    return f"data {fingerprint[:12]}; targets in {unit or 'the unit the manifest does not name'}"
+
+
 def file_stem(table: str, source: str) -> str:
     """A table's file name without extension: ``table`` on the embedded phantoms, and
     ``table-<data>`` on a manifest, <data> its file's stem (its folder's name for a file

@@ -42,6 +42,7 @@ from bmdbench.rendering import (
     FORMATS,
     csv_table,
     data_name,
+    data_words,
     file_stem,
     format_cells,
     format_number,
@@ -185,8 +186,8 @@ def _footer(
         else "The paper's values (hip BMD) are not shown beside data of another kind."
     )
     lines = [
-        f"Measured on {sources} (data {join('data_fingerprint')[:12]}; targets in "
-        f"{unit or 'the unit the manifest does not name'}), preset {join('preset')}, seeds "
+        f"Measured on {sources} ({data_words(join('data_fingerprint'), unit)}), preset "
+        f"{join('preset')}, seeds "
         f"{', '.join(map(str, seeds))}, device {join('device')}, git "
         f"{', '.join(_short_sha(s) for s in sorted(set(runs['git_sha'])))}; {draw}. {paper}",
         _statistics_line(table, family_name, family_size, redraw),
